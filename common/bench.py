@@ -1,0 +1,96 @@
+"""Speed measurement: pure-inference latency/throughput per batch size, end-to-end throughput, metric speed.
+
+Printed beside the bundle's published tables; throughput compares only on the same hardware class and the same
+measure (the published Ascend numbers are ais_bench NPU compute time, never end-to-end).
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from common.backends.base import Backend
+from common.bundle import load_bundle
+from common.pipeline import example_feeds, open_backends
+
+
+def latency_stats(ms: Sequence[float]) -> dict[str, float]:
+    """min / median / mean / p99 / max of per-call latencies in milliseconds."""
+    a = np.asarray(ms, dtype=np.float64)
+    return {"count": float(a.size), "min_ms": float(a.min()), "median_ms": float(np.median(a)),
+            "mean_ms": float(a.mean()), "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max())}
+
+
+def bench_backend(backend: Backend, feeds: dict[str, np.ndarray], *, warmup: int = 2, iters: int = 10
+                  ) -> dict[str, float]:
+    """Warm up, reset timers, then time `iters` runs; throughput = batch * 1000 / median latency."""
+    for _ in range(warmup):
+        backend.run(feeds)
+    backend.timings.reset()
+    for _ in range(iters):
+        backend.run(feeds)
+    stats = latency_stats(backend.timings.run_ms)
+    batch = next(iter(feeds.values())).shape[0]
+    stats["throughput"] = batch * 1000.0 / stats["median_ms"]
+    return stats
+
+
+def metric_benchmarks() -> dict[str, float]:
+    """Every metric module's own `benchmark()` (VOC07, re-ID, VOT ...) that exists in this checkout."""
+    out: dict[str, float] = {}
+    for module in ("common.metrics.voc", "common.metrics.reid", "common.tracking.vot"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(mod, "benchmark"):
+            out.update(mod.benchmark())
+    return out
+
+
+def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], images: int, warmup: int, iters: int,
+              echo=print) -> list[dict[str, float]]:
+    """Pure-inference and end-to-end (demo data through prepare + predict) throughput per batch size."""
+    from common.export import export_onnx
+
+    bundle = load_bundle(bundle_name)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        tmp_dir = Path(tmp)
+        demo = bundle.make_demo(tmp_dir / "demo", seed=0)
+        graphs = bundle.graphs(bundle.build_model(demo.weights))
+        onnx_paths = {n: export_onnx(g.module, g.io, tmp_dir / f"{n}.onnx") for n, g in graphs.items()}
+        for bs in batch_sizes:
+            backends = open_backends(backend, graphs, onnx_paths, batch_size=bs)
+            pure = {n: bench_backend(b, example_feeds(graphs[n], bs), warmup=warmup, iters=iters)
+                    for n, b in backends.items()}
+            main = pure.get("model") or next(iter(pure.values()))
+            run_dir = tmp_dir / f"run-bs{bs}"
+            run_dir.mkdir()
+            dataset = bundle.prepare(demo.data_dir, run_dir, limit=images)
+            t0 = time.perf_counter()
+            stats = bundle.predict(dataset, backends, run_dir, batch_size=bs)
+            e2e = stats.items / (time.perf_counter() - t0)
+            rows.append({"batch": bs, "pure_fps": main["throughput"], "median_ms": main["median_ms"],
+                         "p99_ms": main["p99_ms"], "e2e_fps": e2e, "ratio": e2e / main["throughput"],
+                         "items": stats.items})
+    published = bundle.manifest.throughput
+    echo(f"{bundle_name}: {backend} on this machine (pure = backend only, e2e = load + pre + infer + post)")
+    header = "| batch | pure fps | median ms | p99 ms | e2e fps | e2e/pure |"
+    header += "".join(f" {t.hardware} ({t.convention}) |" for t in published)
+    echo(header)
+    echo("|" + "---|" * (6 + len(published)))
+    for r in rows:
+        pub = "".join(f" {t.per_batch.get(int(r['batch']), float('nan')):.1f} |" for t in published)
+        echo(f"| {r['batch']} | {r['pure_fps']:.2f} | {r['median_ms']:.1f} | {r['p99_ms']:.1f} | {r['e2e_fps']:.2f} "
+             f"| {r['ratio']:.2f} |{pub}")
+    for t in published:
+        echo(f"published {t.hardware}: {t.measure} ({t.source})")
+    for k, v in metric_benchmarks().items():
+        echo(f"metric speed {k}: {v:.3f}")
+    return rows

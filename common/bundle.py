@@ -1,0 +1,131 @@
+"""The bundle interface: what each `bundles/<model>/bundle.py` provides to the shared pipeline.
+
+The pipeline (common/pipeline.py) drives every bundle through the same stages:
+fetch -> prepare -> convert -> infer -> post-process -> metric -> verify -> report.
+A bundle supplies the model-specific pieces; everything it writes goes into the run directory, and `score` must be
+able to recompute the metrics from the run directory alone (so `zoo verify RUN_DIR` works on a copied run).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from common.backends.base import Backend
+from common.manifest import Manifest, ModelIO, bundle_manifest
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A module to export/run as one graph, with its named inputs and outputs (outputs in forward order)."""
+
+    module: nn.Module
+    io: ModelIO
+
+
+@dataclass(frozen=True)
+class DemoAssets:
+    """What `make_demo` produced: a synthetic dataset in the real layout and a random-weight checkpoint."""
+
+    data_dir: Path
+    weights: Path
+    description: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verification line: PASS or NOT PASSED, with the rule written out."""
+
+    name: str
+    passed: bool
+    detail: str
+    measured: float | None = None
+    expected: float | None = None
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'NOT PASSED'}  {self.name}: {self.detail}"
+
+
+@dataclass
+class PredictStats:
+    """Counts and timings of the infer + post-process stage."""
+
+    items: int = 0
+    seconds: float = 0.0
+    infer_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Bundle(ABC):
+    """Model-specific half of the pipeline. Subclasses live in `bundles/<name>/bundle.py` as `BUNDLE`."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.manifest: Manifest = bundle_manifest(self.name)
+
+    # -- model ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, weights: Path | None) -> nn.Module:
+        """The torch model in eval mode; strict load of `weights` (weights_only) when given."""
+
+    def graphs(self, model: nn.Module) -> dict[str, Graph]:
+        """The graphs a backend runs, by name. Default: the whole model as the manifest's [model] graph; a bundle
+        with split graphs (e.g. a tracker's template and search branches) returns several, named as in the
+        manifest's [graphs.<name>] tables."""
+        assert self.manifest.model is not None, f"{self.name}: manifest has no [model] table"
+        return {"model": Graph(model, self.manifest.model)}
+
+    # -- data ----------------------------------------------------------------------------------------------
+    @abstractmethod
+    def make_demo(self, root: Path, *, seed: int = 0) -> DemoAssets:
+        """Write a deterministic synthetic dataset (real on-disk layout) and a random-weight checkpoint with the
+        real key names and shapes under `root`; idempotent."""
+
+    def locate(self, data_dir: Path | None, weights: Path | None, cache_dir: Path) -> tuple[Path, Path] | None:
+        """Real dataset and weights: the user's paths win, else what `zoo fetch` put in the cache; None if absent."""
+        from common.fetch import artifact_location
+
+        for art in self.manifest.artifacts.values():
+            found = artifact_location(self.name, art, cache_dir)
+            if art.kind == "weights" and weights is None and found.exists():
+                weights = found
+            elif art.kind == "dataset" and data_dir is None and found.exists():
+                data_dir = found
+        return (data_dir, weights) if data_dir is not None and weights is not None else None
+
+    # -- stages --------------------------------------------------------------------------------------------
+    @abstractmethod
+    def prepare(self, data_dir: Path, run_dir: Path, *, limit: int | None = None) -> Any:
+        """Validate the dataset (clear errors naming the file) and write the ground truth `score` needs into
+        `run_dir`; returns a dataset handle for `predict`."""
+
+    @abstractmethod
+    def predict(self, dataset: Any, backends: Mapping[str, Backend], run_dir: Path, *, batch_size: int) -> PredictStats:
+        """Run inference + post-processing over the dataset with `backends` (one per graph name); write raw
+        predictions into `run_dir`."""
+
+    @abstractmethod
+    def score(self, run_dir: Path) -> dict[str, float]:
+        """Recompute every metric from the run directory alone (predictions + ground truth files)."""
+
+    def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
+        """Metric sanity checks that are honest on synthetic data (e.g. ground truth scored as predictions)."""
+        return []
+
+    def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
+        """Extra Markdown lines for the report (per-class / per-sequence tables)."""
+        return []
+
+
+def load_bundle(name: str) -> Bundle:
+    """Import `bundles.<name>.bundle` and return its `BUNDLE` instance."""
+    bundle_manifest(name)  # a clear error for an unknown name before importing anything
+    module = importlib.import_module(f"bundles.{name}.bundle")
+    return module.BUNDLE

@@ -1,0 +1,69 @@
+"""Checkpoint loading: `weights_only=True` always, strict key/shape matching with every mismatch listed."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.errors import CheckpointError, InputError
+
+
+def load_checkpoint(path: str | Path, *, safe_globals: Iterable[Any] = ()) -> Mapping[str, Any]:
+    """Load a .pth/.pth.tar with torch's safe unpickler. `safe_globals` lists the only extra types allowed
+    (e.g. numpy scalar types a checkpoint pickled for its metadata); arbitrary code is never executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(path, f"refused by the safe (weights_only) loader: {first}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(path, f"not a readable torch checkpoint: {e}") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(path, f"expected a mapping (state_dict), got {type(obj).__name__}")
+    return obj
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
+    """Load with every key and shape required to match; the error lists missing, unexpected and mis-shaped keys
+    (upstream loaders that silently drop keys hide a wrong checkpoint behind a plausible-looking result)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                shown = ", ".join(items[:12]) + (f", ... ({len(items)} total)" if len(items) > 12 else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        raise CheckpointError(source, "keys do not match the model; " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def save_random_checkpoint(model: nn.Module, path: Path, *, seed: int) -> Path:
+    """Write `model`'s state_dict re-initialised from `seed` (demo stand-in for published weights, same keys)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for k, v in model.state_dict().items():
+        # Small-variance weights keep the demo's activations finite through deep stacks (e.g. VGG16).
+        fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
+        scale = (2.0 / fan_in) ** 0.5 if v.ndim > 1 else 0.01
+        sd[k] = (torch.randn(v.shape, generator=gen) * scale).to(v.dtype) if v.is_floating_point() else v.clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(sd, tmp)
+    tmp.replace(path)
+    return path

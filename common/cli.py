@@ -1,0 +1,209 @@
+"""`zoo`: the command line. A thin adapter: it parses options, then calls common.pipeline / verify / bench.
+
+Exit codes: 0 = PASS (or DEMO-PASS); 1 = the run completed and a check did NOT pass; 2 = bad input or environment
+(one line saying what is wrong and how to fix it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from common.errors import ZooError
+from common.manifest import bundle_manifest, bundle_names
+
+BUNDLE = click.Choice(bundle_names())
+
+
+def _default_out(bundle: str, demo: bool) -> Path:
+    return Path("runs") / f"{bundle}-{'demo' if demo else 'eval'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage and the configuration used.")
+def main(verbose: bool) -> None:
+    """Reproduce Ascend ModelZoo results: fetch, convert, infer, evaluate, verify, report."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("list")
+def list_cmd() -> None:
+    """List bundles with their published runs."""
+    for name in bundle_names():
+        m = bundle_manifest(name)
+        click.echo(f"{name:<10} {m.bundle.variant:<36} {m.bundle.summary}")
+        for r in m.published:
+            vals = ", ".join(f"{x.name} {x.value}{x.unit}" for x in r.metrics)
+            click.echo(f"    {'*' if r.default else ' '} {r.name:<22} {r.hardware:<22} {vals}")
+
+
+def _eval_options(f):  # shared options of `eval` and `demo`
+    for opt in reversed([
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run directory [runs/<bundle>-...]."),
+        click.option("--backend", type=click.Choice(["onnxruntime", "torch", "ais_bench"]), default="onnxruntime",
+                     show_default=True, help="Inference backend."),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, npu:0 ..."),
+        click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items (smoke runs)."),
+        click.option("--om-dir", type=click.Path(path_type=Path), help="OM files for --backend ais_bench."),
+        click.option("--cache", "cache_dir", type=click.Path(path_type=Path), envvar="ZOO_CACHE",
+                     help="Cache directory [$ZOO_CACHE or ~/.cache/ascend-zoo]."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _run(bundle: str, demo: bool, out_dir: Path | None, **kw) -> None:
+    from common.pipeline import EvalOptions, evaluate
+
+    opts = EvalOptions(bundle=bundle, out_dir=out_dir or _default_out(bundle, demo), demo=demo, **kw)
+    report = evaluate(opts)
+    for c in report.checks:
+        click.echo(c.line())
+    click.echo(f"{bundle}: {report.verdict}  (report: {opts.out_dir / 'report.md'})")
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@_eval_options
+def demo(bundle: str, out_dir: Path | None, **kw) -> None:
+    """Run the whole pipeline on synthetic data and random weights (says DEMO; claims nothing published)."""
+    _run(bundle, True, out_dir, **kw)
+
+
+@main.command("eval")
+@click.argument("bundle", type=BUNDLE)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Dataset root (the real layout).")
+@click.option("--weights", type=click.Path(path_type=Path), help="Published checkpoint.")
+@click.option("--run", "published_run", help="Published run to compare with (see `zoo list`) [manifest default].")
+@_eval_options
+def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, out_dir: Path | None, **kw) -> None:
+    """Evaluate on the real dataset and verify against the published numbers.
+
+    With neither --data nor --weights and nothing fetched into the cache, runs the demo instead and says so."""
+    from common.bundle import load_bundle
+    from common.fetch import default_cache_dir
+
+    for label, path in (("--data", data_dir), ("--weights", weights)):
+        if path is not None and not path.exists():
+            raise ZooError(f"{label} {path}: does not exist")
+    b = load_bundle(bundle)
+    cache = kw.get("cache_dir") or default_cache_dir()
+    if data_dir is None and weights is None and b.locate(None, None, cache) is None:
+        click.echo(f"{bundle}: no real dataset/weights given or cached -> running the DEMO on synthetic data "
+                   f"(pass --data and --weights, or `zoo fetch {bundle}`, for a real evaluation)", err=True)
+        kw.pop("published_run")
+        _run(bundle, True, out_dir, **kw)
+    _run(bundle, False, out_dir, data_dir=data_dir, weights=weights, **kw)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify(run_dir: Path) -> None:
+    """Recompute the metrics of a run directory from its predictions and re-check them."""
+    from common.verify import verify_run_dir
+
+    checks, _ = verify_run_dir(run_dir)
+    for c in checks:
+        click.echo(c.line())
+    ok = all(c.passed for c in checks)
+    click.echo(f"{run_dir}: {'PASS' if ok else 'FAIL'}")
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@click.option("--mirror", help="Offline mirror: a directory or base URL holding the artifact files.")
+@click.option("--offline", is_flag=True, help="Use the mirror only; contact no upstream URL.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), envvar="ZOO_CACHE")
+def fetch(bundle: str, mirror: str | None, offline: bool, cache_dir: Path | None) -> None:
+    """Download (checksummed, resumable) and safely unpack the bundle's weights and dataset into the cache."""
+    from common.fetch import default_cache_dir, fetch_bundle_artifacts
+
+    m = bundle_manifest(bundle)
+    paths = fetch_bundle_artifacts(bundle, dict(m.artifacts), cache_dir or default_cache_dir(), mirror=mirror,
+                                   offline=offline)
+    for name, path in paths.items():
+        click.echo(f"{name}: {path}")
+
+
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@click.option("--weights", type=click.Path(exists=True, path_type=Path), help="Checkpoint [random weights].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("export"), show_default=True)
+@click.option("--om", is_flag=True, help="Also build OM files with ATC (needs CANN; one per batch size).")
+@click.option("--soc-version", help="e.g. Ascend310P3 [from `npu-smi info`].")
+@click.option("--dry-run", is_flag=True, help="Print the ATC commands instead of running them.")
+def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_version: str | None,
+            dry_run: bool) -> None:
+    """Export ONNX graphs (named inputs/outputs, dynamic batch) and optionally OM files via ATC."""
+    import shlex
+    import subprocess
+
+    from common.atc import atc_command, run_atc, soc_version_from_npu_smi
+    from common.bundle import load_bundle
+    from common.export import export_onnx
+
+    b = load_bundle(bundle)
+    graphs = b.graphs(b.build_model(weights))
+    for name, g in graphs.items():
+        path = export_onnx(g.module, g.io, out_dir / f"{name}.onnx")
+        click.echo(f"onnx {name}: {path}")
+        if not om:
+            continue
+        if soc_version is None:
+            try:
+                text = subprocess.run(["npu-smi", "info"], capture_output=True, text=True, check=True).stdout
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise ZooError(f"npu-smi unavailable ({e}); pass --soc-version, e.g. Ascend310P3") from None
+            soc_version = soc_version_from_npu_smi(text)
+        for bs in b.manifest.atc.batch_sizes:
+            cmd = atc_command(path, out_dir / f"{name}_bs{bs}", batch_size=bs, soc_version=soc_version,
+                              atc=b.manifest.atc)
+            if dry_run:
+                click.echo(shlex.join(cmd))
+            else:
+                click.echo(f"om {name} bs{bs}: {run_atc(cmd, out_dir / f'{name}_bs{bs}.atc.log')}")
+
+
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
+@click.option("--batch-sizes", default="1,4,8,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--images", type=click.IntRange(1), default=32, show_default=True,
+              help="Synthetic items per end-to-end measurement.")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
+@click.option("--iters", type=click.IntRange(1), default=10, show_default=True)
+def bench(bundle: str, backend: str, batch_sizes: str, images: int, warmup: int, iters: int) -> None:
+    """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed."""
+    from common.bench import run_bench
+
+    run_bench(bundle, backend=backend, batch_sizes=[int(x) for x in batch_sizes.split(",")], images=images,
+              warmup=warmup, iters=iters)
+
+
+@main.command()
+@click.argument("bundle", required=False)
+def doctor(bundle: str | None) -> None:
+    """Explain what is missing to run on an Ascend NPU here, and print a docker run line that would work."""
+    from common.doctor import main_doctor
+
+    sys.exit(main_doctor(bundle))
+
+
+def cli_main() -> None:
+    try:
+        main(standalone_mode=False)
+    except ZooError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
