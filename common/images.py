@@ -192,9 +192,6 @@ def collect_wheelhouse(bundle: str, dest: Path = WHEELHOUSE, *, python: str = sy
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    ignore = dest / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# collected by `nox -s wheelhouse`; never committed\n*\n")
     req = requirements_path(bundle)
     pins = read_pins(req)
     cache = wheel_cache_dir()
@@ -387,11 +384,12 @@ def run_image(
     out_readonly: bool = False,
     docker_args: Sequence[str] = (),
     timeout: float | None = None,
+    capture: bool = True,
 ) -> subprocess.CompletedProcess:
     """``docker run --rm`` an image as the caller, ``out_dir`` mounted at /out and ``data_dir`` at /data (ro).
 
     Runs with ``--user $(id -u):$(id -g)`` so what the container writes under ``out_dir`` belongs to the
-    caller. Output is captured (text); the caller checks ``returncode``.
+    caller. Output is captured (text) unless ``capture`` is False; the caller checks ``returncode``.
     """
     cmd = [docker_bin(), "run", "--rm", "--user", f"{os.getuid()}:{os.getgid()}", *docker_args]
     if out_dir is not None:
@@ -400,4 +398,10 @@ def run_image(
     if data_dir is not None:
         cmd += ["-v", f"{Path(data_dir).resolve()}:/data:ro"]
     cmd += [tag, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=capture, text=True, timeout=timeout)
+
+
+def latest_run_dir(out_dir: Path) -> Path | None:
+    """The run directory under ``out_dir`` whose ``report.json`` is newest (None if there is none)."""
+    reports = [p for p in Path(out_dir).rglob("report.json") if ".cache" not in p.parts]
+    return max(reports, key=lambda p: p.stat().st_mtime).parent if reports else None

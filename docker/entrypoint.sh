@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Entrypoint of every zoo image (installed as /usr/local/bin/zoo-entrypoint).
 #
-#   docker run IMAGE [eval|demo|bench|fetch] [ARGS...]   zoo <cmd> $ZOO_BUNDLE [--out /out] ARGS...
+#   docker run IMAGE [eval|demo|bench|fetch] [ARGS...]   zoo <cmd> $ZOO_BUNDLE [--out /out/<run>] ARGS...
 #                                                        (no command, or options only: eval)
 #   docker run IMAGE doctor [ARGS...]                    zoo doctor ARGS...  (NPU readiness + docker run line)
 #   docker run IMAGE COMMAND...                          any other command, e.g. bash, zoo verify /out/<run>
@@ -54,11 +54,12 @@ shift
 
 case "$cmd" in
   doctor)
-    exec zoo doctor "$@" ;;
+    exec zoo doctor "${@:-$ZOO_BUNDLE}" ;;
   eval|demo)
     require_out
     check_data "$@"
-    exec zoo "$cmd" "$ZOO_BUNDLE" --out /out "$@" ;;
+    # One run directory per run under /out, named as `zoo` names them; the cache /out/.cache is shared.
+    exec zoo "$cmd" "$ZOO_BUNDLE" --out "/out/$ZOO_BUNDLE-$cmd-$(date -u +%Y%m%d-%H%M%S)" "$@" ;;
   fetch)
     require_out    # downloads land in ZOO_CACHE=/out/.cache
     exec zoo fetch "$ZOO_BUNDLE" "$@" ;;
