@@ -30,7 +30,7 @@ CODE_REBUILD_TARGET_S = 30.0
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite with pytest (image tests need Docker; with CI=true they fail instead of skipping)."""
+    """Run the test suite with pytest (image tests need Docker: with CI=true they fail rather than skip)."""
     session.install("-e", ".", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs)
 
@@ -123,9 +123,8 @@ def bench(session: nox.Session, bundle: str) -> None:
         stamp.unlink()
     verdict = "within" if rebuild <= CODE_REBUILD_TARGET_S else "OVER"
     session.log(f"{bundle}: image build with the cache as found: {first:.1f} s")
-    session.log(
-        f"{bundle}: code-only image rebuild: {rebuild:.1f} s ({verdict} the {CODE_REBUILD_TARGET_S:.0f} s target)"
-    )
+    target = f"{verdict} the {CODE_REBUILD_TARGET_S:.0f} s target"
+    session.log(f"{bundle}: code-only image rebuild: {rebuild:.1f} s ({target})")
     images.build_image(
         bundle, base_image=images.ensure_base_image(bundle), quiet=True
     )  # back to the tree's code

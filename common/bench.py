@@ -6,7 +6,6 @@ measure (the published Ascend numbers are ais_bench NPU compute time, never end-
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 import time
 from collections.abc import Sequence
@@ -38,19 +37,6 @@ def bench_backend(backend: Backend, feeds: dict[str, np.ndarray], *, warmup: int
     batch = next(iter(feeds.values())).shape[0]
     stats["throughput"] = batch * 1000.0 / stats["median_ms"]
     return stats
-
-
-def metric_benchmarks() -> dict[str, float]:
-    """Every metric module's own `benchmark()` (VOC07, re-ID, VOT ...) that exists in this checkout."""
-    out: dict[str, float] = {}
-    for module in ("common.metrics.voc", "common.metrics.reid", "common.tracking.vot"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        if hasattr(mod, "benchmark"):
-            out.update(mod.benchmark())
-    return out
 
 
 def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], images: int, warmup: int, iters: int,
@@ -91,6 +77,6 @@ def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], ima
              f"| {r['ratio']:.2f} |{pub}")
     for t in published:
         echo(f"published {t.hardware}: {t.measure} ({t.source})")
-    for k, v in metric_benchmarks().items():
-        echo(f"metric speed {k}: {v:.3f}")
+    for k, v in bundle.metric_benchmark().items():
+        echo(f"metric benchmark {k}: {v:.4g}")
     return rows

@@ -119,6 +119,10 @@ class Bundle(ABC):
         """Metric sanity checks that are honest on synthetic data (e.g. ground truth scored as predictions)."""
         return []
 
+    def metric_benchmark(self) -> dict[str, float]:
+        """Speed of this bundle's metric at the published dataset's scale (synthetic data), for `zoo bench`."""
+        return {}
+
     def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
         """Extra Markdown lines for the report (per-class / per-sequence tables)."""
         return []

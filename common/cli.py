@@ -27,7 +27,8 @@ def _default_out(bundle: str, demo: bool) -> Path:
 @click.option("-v", "--verbose", is_flag=True, help="Log each stage and the configuration used.")
 def main(verbose: bool) -> None:
     """Reproduce Ascend ModelZoo results: fetch, convert, infer, evaluate, verify, report."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
 
 
 @main.command("list")

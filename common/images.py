@@ -94,6 +94,15 @@ def requirements_path(bundle: str) -> Path:
     return _bundle_dir(bundle) / data.get("pinned_env", {}).get("requirements", "requirements.txt")
 
 
+def _require_image_files(bundle: str) -> None:
+    for path in (_bundle_dir(bundle) / "Dockerfile", requirements_path(bundle)):
+        if not path.is_file():
+            raise ImageError(
+                f"{path} is missing: a bundle image needs bundles/{bundle}/Dockerfile (bundles/refinedet/"
+                f"Dockerfile with another ZOO_BUNDLE default) and its exact pins in requirements.txt"
+            )
+
+
 # ------------------------------------------------------------------------------------------------ wheelhouse
 
 _WHEEL_RE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
@@ -192,6 +201,7 @@ def collect_wheelhouse(bundle: str, dest: Path = WHEELHOUSE, *, python: str = sy
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    _require_image_files(bundle)
     req = requirements_path(bundle)
     pins = read_pins(req)
     cache = wheel_cache_dir()
@@ -339,6 +349,7 @@ def build_image(
     it only on failure.
     """
     bdir = _bundle_dir(bundle)
+    _require_image_files(bundle)
     if Path(wheelhouse).resolve() != WHEELHOUSE.resolve():
         raise ImageError(f"the Dockerfiles bind-mount {WHEELHOUSE} from the build context; got {wheelhouse}")
     check_wheelhouse(requirements_path(bundle), wheelhouse)

@@ -9,10 +9,10 @@ Unknown or misspelled keys are an error that names the file and the key (pydanti
 from __future__ import annotations
 
 import hashlib
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.errors import ManifestError

@@ -106,13 +106,14 @@ def read_report(run_dir: Path) -> dict[str, Any]:
 
 
 def render_markdown(r: RunReport) -> str:
+    prov = r.provenance
     lines = [f"# {r.bundle}: {r.verdict}", ""]
     if r.mode == "demo":
         lines += [f"> **{DEMO_NOTICE}**", ""]
     lines += [f"- published run compared: `{r.published_run}` ({r.published.get('source', '')}, "
               f"{r.published.get('hardware', '')})",
-              f"- zoo commit `{r.provenance.get('zoo_commit')}`, manifest sha256 `{r.provenance.get('manifest_sha256')}`",
-              f"- upstream {r.provenance.get('upstream', {}).get('repo')} @ `{r.provenance.get('upstream', {}).get('commit')}`",
+              f"- zoo commit `{prov.get('zoo_commit')}`, manifest sha256 `{prov.get('manifest_sha256')}`",
+              f"- upstream {prov.get('upstream', {}).get('repo')} @ `{prov.get('upstream', {}).get('commit')}`",
               f"- backend: {', '.join(f'{k}={v}' for k, v in r.backend.items())}", "",
               "## Checks", ""]
     lines += [f"- {c.line()}" for c in r.checks] or ["- (none)"]

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -52,3 +54,10 @@ class OrderedWorker:
             self._futures.clear()
             self._pool.shutdown(wait=True)
 
+
+def pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """Zero-pad the last, short batch to `batch_size` along axis 0 (the caller drops the padded outputs), as
+    ais_bench does: a static-batch OM accepts no other size."""
+    if len(batch) >= batch_size:
+        return batch
+    return np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), batch.dtype)])

@@ -194,7 +194,8 @@ def test_synthetic_voc_layout_and_determinism(voc, tmp_path_factory):
     assert all(len(o) >= 1 for o in objs)
     other = tmp_path_factory.mktemp("again")
     data.make_synthetic_voc(other, n_images=3, seed=5)
-    assert (data.find_voc2007(other) / "ImageSets/Main/test.txt").read_text() == (v / "ImageSets/Main/test.txt").read_text()
+    split = "ImageSets/Main/test.txt"
+    assert (data.find_voc2007(other) / split).read_text() == (v / split).read_text()
 
 
 def _first(voc: Path) -> tuple[Path, str]:
@@ -290,3 +291,25 @@ def test_random_checkpoint_has_real_keys(tmp_path, spec_shapes):
     sd = load_checkpoint(path)
     assert list(sd) == list(spec_shapes)
     assert cv2 is not None
+
+
+def test_onnx_export_names_shapes_dynamic_batch_and_parity(tmp_path):
+    import onnx
+
+    from common.backends.onnxruntime import OrtBackend
+    from common.backends.torch_backend import TorchBackend
+    from common.export import export_onnx
+
+    model = RefineDet().eval()
+    io = BUNDLE.manifest.model
+    path = export_onnx(model, io, tmp_path / "refinedet.onnx")
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["arm_loc", "arm_conf", "odm_loc", "odm_conf"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    feeds = {"image": np.random.default_rng(0).normal(0, 50, (3, 3, 320, 320)).astype(np.float32)}
+    ort_out = OrtBackend(path).run(feeds)
+    ref = TorchBackend(model, io).run(feeds)
+    for name, shape in (("arm_loc", 4), ("arm_conf", 2), ("odm_loc", 4), ("odm_conf", 21)):
+        assert ort_out[name].shape == (3, 6375, shape)
+        np.testing.assert_allclose(ort_out[name], ref[name], rtol=1e-3, atol=1e-3 * np.abs(ref[name]).max())

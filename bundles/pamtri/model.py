@@ -154,7 +154,9 @@ class MultiTaskDenseNet121(nn.Module):
 # checkpoint filter
 
 # torchvision <= 0.2.x registered dense-layer modules as "norm.1", "conv.2", ... (spec addendum).
-_LEGACY_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:1|2)\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_DENSE_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:1|2)\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -182,11 +184,14 @@ def count_legacy_keys(state_dict: Mapping[str, Any]) -> int:
 
 def _fill_num_batches_tracked(state_dict: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
     """Add the BatchNorm counters a pre-0.4.1 checkpoint lacks (spec 1.5: unused in eval, the only missing keys
-    allowed); returns the keys added so the caller can report them."""
-    added = [k for k in model.state_dict() if k.endswith(".num_batches_tracked") and k not in state_dict]
-    for k in added:
+    allowed), but only when they are the *only* missing keys: otherwise the strict load must list everything.
+    Returns the keys added so the caller can report them."""
+    missing = [k for k in model.state_dict() if k not in state_dict]
+    if not missing or not all(k.endswith(".num_batches_tracked") for k in missing):
+        return []
+    for k in missing:
         state_dict[k] = torch.zeros((), dtype=torch.long)
-    return added
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def checkpoint_safe_globals() -> list[Any]:
     """The only non-tensor types the checkpoint container may hold: the numpy scalar its ``rank1`` was pickled as
     (a float32 CMC entry, spec 1.4) and the dtype object the scalar needs. Old pickles name the scalar under
     ``numpy.core``, numpy 2 under ``numpy._core``; both spellings map to the same function."""
-    scalar = np._core.multiarray.scalar
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar  # numpy 2 / numpy 1
     return [
         scalar,
         (scalar, "numpy.core.multiarray.scalar"),
@@ -230,7 +235,9 @@ def load_pamtri_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], d
     return checkpoint_filter_fn(obj), meta
 
 
-def pamtri_densenet121(state_dict: Mapping[str, Any] | None = None, *, source: str = "PAMTRI checkpoint") -> MultiTaskDenseNet121:
+def pamtri_densenet121(
+    state_dict: Mapping[str, Any] | None = None, *, source: str = "PAMTRI checkpoint"
+) -> MultiTaskDenseNet121:
     """The VeRi multitask model (575/10/9 heads) in eval mode; strict load of `state_dict` (raw container or
     filtered) when given. Only missing ``num_batches_tracked`` counters are tolerated; any other missing,
     unexpected or mis-shaped key raises CheckpointError listing them."""

@@ -51,7 +51,7 @@ class Backend(ABC):
         """Backend name, runtime version and device, for the report."""
         return {"backend": self.name}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold no device resources
         """Free device resources (no-op by default)."""
 
     def __enter__(self) -> Backend:

@@ -26,7 +26,8 @@ class OrtBackend(Backend):
 
         wanted = PROVIDER_PREFERENCE.get(device)
         if wanted is None:
-            raise BackendUnavailable(f"onnxruntime: unknown device {device!r}; choose from {sorted(PROVIDER_PREFERENCE)}")
+            raise BackendUnavailable(
+                f"onnxruntime: unknown device {device!r}; choose from {sorted(PROVIDER_PREFERENCE)}")
         available = ort.get_available_providers()
         providers = [p for p in wanted if p in available]
         if device != "cpu" and providers[:1] != [wanted[0]]:

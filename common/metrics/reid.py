@@ -27,15 +27,17 @@ import resource
 import sys
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 DEFAULT_MAX_RANK = 50
 REPORT_RANKS = (1, 5, 10, 20, 50)
-_BLOCK_ELEMENTS = 1 << 22  # query rows x gallery per block: ~16 MB per float32 block array
+_BLOCK_ELEMENTS = 1 << 23  # query rows x gallery per block: 32 MiB per float32 block; peak ~130 MiB at VeRi scale
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,9 @@ def _score_block(
 
     tie_rows = np.unique(rel_r[ties])
     if tie_rows.size:
-        ap[tie_rows], first[tie_rows], _ = _score_rows_argsort(d[tie_rows], qp[tie_rows], qc[tie_rows], g_pids, g_camids)
+        ap[tie_rows], first[tie_rows], _ = _score_rows_argsort(
+            d[tie_rows], qp[tie_rows], qc[tie_rows], g_pids, g_camids
+        )
     return ap, first, num_rel
 
 
@@ -248,7 +252,8 @@ def evaluate_distmat(
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D (Q, G), got shape {distmat.shape}")
     labels = _check_labels(*distmat.shape, q_pids, g_pids, q_camids, g_camids)
-    return _evaluate_blocks(*distmat.shape, lambda i, j: np.ascontiguousarray(distmat[i:j], np.float32), labels, max_rank)
+    rows = lambda i, j: np.ascontiguousarray(distmat[i:j], np.float32)  # noqa: E731
+    return _evaluate_blocks(*distmat.shape, rows, labels, max_rank)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -269,16 +274,12 @@ def load_torchreid_evaluate_rank() -> Callable[..., tuple[np.ndarray, float]] | 
     spec = importlib.util.find_spec("torchreid")
     if spec is None or not spec.submodule_search_locations:
         return None
-    from pathlib import Path
-
     path = Path(next(iter(spec.submodule_search_locations))) / "reid" / "metrics" / "rank.py"
     if not path.is_file():
         return None
     module_spec = importlib.util.spec_from_file_location("_zoo_torchreid_rank", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Cython evaluation unavailable": the PyPI wheel ships no .pyx build
         module_spec.loader.exec_module(module)
@@ -295,8 +296,9 @@ def synthetic_veri(
     centres = rng.standard_normal((n_ids, dim), dtype=np.float32)
     q_pids = rng.integers(0, n_ids, n_query)
     g_pids = np.concatenate([np.arange(n_ids), rng.integers(0, n_ids, n_gallery - n_ids)])
-    qf = centres[q_pids] + 1.5 * rng.standard_normal((n_query, dim), dtype=np.float32)
-    gf = centres[g_pids] + 1.5 * rng.standard_normal((n_gallery, dim), dtype=np.float32)
+    # Noise 2.7 per dimension gives mAP ~65 % / rank-1 ~99 %, the regime of the real VeRi numbers.
+    qf = centres[q_pids] + 2.7 * rng.standard_normal((n_query, dim), dtype=np.float32)
+    gf = centres[g_pids] + 2.7 * rng.standard_normal((n_gallery, dim), dtype=np.float32)
     return qf, gf, q_pids, g_pids, rng.integers(1, n_cams + 1, n_query), rng.integers(1, n_cams + 1, n_gallery)
 
 

@@ -1,0 +1,294 @@
+"""SiamRPN++ r50 / VOT2016 supervised: the bundle's half of the pipeline (see common/bundle.py for the stages).
+
+Run directory files written here:
+- `ground_truth.json` (prepare): per sequence the (N,8) polygons and the frame size;
+- `tracker_config.json` (predict): the tracker values used, with the published run they come from;
+- `results/<dataset>/<tracker>/baseline/<seq>/<seq>_001.txt` (predict, pysot's result format) and
+  `<seq>_time.json` next to it (tracker seconds, frames). A sequence whose two files exist is finished: an
+  interrupted evaluation resumes from the next one;
+from which `score` recomputes A / R / EAO and the speed.
+
+The published run selects the tracker values (manifest `[[published]].config`, spec 8.3): `select_run(name)`
+(or setting `run_name`) before `predict`; the default is the manifest's default run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from bundles.siamrpn.model import (
+    EXEMPLAR_SIZE,
+    INSTANCE_SIZE,
+    SearchBranch,
+    SiamRPN,
+    TemplateBranch,
+    random_state_dict,
+    siamrpn_r50_l234,
+)
+from bundles.siamrpn.tracker import SiamRPNTracker, TrackerConfig
+from common.backends.base import Backend
+from common.bundle import Bundle, Check, DemoAssets, Graph, PredictStats
+from common.checkpoint import load_checkpoint
+from common.errors import InputError
+from common.tracking.data import VotSequence, make_synthetic_vot, read_vot
+from common.tracking.vot import (
+    FAILURE,
+    INIT,
+    SKIP_AFTER_FAILURE,
+    SKIPPED,
+    SequenceGT,
+    Trajectory,
+    evaluate,
+    read_trajectory,
+    run_supervised,
+    write_trajectory,
+)
+
+log = logging.getLogger("zoo.siamrpn")
+
+GROUND_TRUTH = "ground_truth.json"
+TRACKER_CONFIG = "tracker_config.json"
+RESULTS = "results"
+TRACKER_NAME = "siamrpn_r50_l234_dwxcorr"
+CARD_CHIPS = 4  # the seed's "per card" figure: an Atlas 300I card holds 4 Ascend 310 chips
+
+
+@dataclass(frozen=True)
+class VotDataset:
+    name: str  # VOT2016, ...: picks the EAO interval and the results folder
+    sequences: list[VotSequence]
+
+
+def result_file(run_dir: Path, dataset: str, seq: str) -> Path:
+    return run_dir / RESULTS / dataset / TRACKER_NAME / "baseline" / seq / f"{seq}_001.txt"
+
+
+def time_file(run_dir: Path, dataset: str, seq: str) -> Path:
+    return result_file(run_dir, dataset, seq).with_name(f"{seq}_time.json")
+
+
+class SiamRPNBundle(Bundle):
+    name = "siamrpn"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_name: str | None = None  # published run whose `config` drives the tracker (None: default)
+
+    # -- configuration --------------------------------------------------------------------------------------
+    def select_run(self, name: str | None) -> None:
+        """Use the tracker values of published run `name` (unknown names fail here, naming the known ones)."""
+        self.manifest.run(name)
+        self.run_name = name
+
+    def run_config(self) -> dict[str, Any]:
+        """The selected published run's `config` table."""
+        return dict(self.manifest.run(self.run_name).config)
+
+    def tracker_config(self) -> TrackerConfig:
+        run = self.manifest.run(self.run_name)
+        return TrackerConfig.from_mapping(run.config, source=f"{self.manifest.path} [[published]] {run.name}")
+
+    # -- model ----------------------------------------------------------------------------------------------
+    def build_model(self, weights: Path | None) -> nn.Module:
+        return siamrpn_r50_l234(None if weights is None else load_checkpoint(weights), source=str(weights))
+
+    def example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
+        if batch_size != 1:
+            raise ValueError("the tracker graphs have a static batch of 1")
+        rng = np.random.default_rng(0)
+        return {"template": (rng.random((1, 3, EXEMPLAR_SIZE, EXEMPLAR_SIZE)) * 255).astype(np.float32),
+                "search": (rng.random((1, 3, INSTANCE_SIZE, INSTANCE_SIZE)) * 255).astype(np.float32)}
+
+    def graphs(self, model: nn.Module) -> dict[str, Graph]:
+        """The seed's single graph and the split pair, one set of weights (spec section 16)."""
+        assert isinstance(model, SiamRPN) and self.manifest.model is not None
+        g = self.manifest.graphs
+        return {"model": Graph(model, self.manifest.model),
+                "template": Graph(TemplateBranch(model).eval(), g["template"]),
+                "search": Graph(SearchBranch(model).eval(), g["search"])}
+
+    # -- data -----------------------------------------------------------------------------------------------
+    def make_demo(self, root: Path, *, seed: int = 0, sequences: int = 3, frames: int = 25) -> DemoAssets:
+        data_dir = make_synthetic_vot(root / "VOT2016", sequences=sequences, frames=frames, seed=seed)
+        weights = root / "siamrpn_r50_l234_dwxcorr_random-weights.pth"
+        if not weights.is_file():
+            import torch
+
+            tmp = weights.with_suffix(".tmp")
+            torch.save(random_state_dict(seed), tmp)
+            tmp.replace(weights)
+        return DemoAssets(data_dir, weights, f"synthetic VOT (official layout, {sequences} sequences x {frames} "
+                          "frames: a textured object moving, scaling, rotating, then jumping) and random weights "
+                          "with the 458 upstream keys (BN statistics calibrated)")
+
+    def locate(self, data_dir: Path | None, weights: Path | None, cache: Path | None = None
+               ) -> tuple[Path, Path] | None:
+        """User-given paths win; else `<cache>/siamrpn/{VOT2016, model.pth}` as `zoo fetch` leaves them."""
+        base = None if cache is None else Path(cache) / self.name
+        data = data_dir or (base / "VOT2016" if base else None)
+        w = weights or (base / "model.pth" if base else None)
+        if data is None or w is None:
+            return None
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise InputError(data_dir, "dataset directory not found")
+        if weights is not None and not Path(weights).is_file():
+            raise InputError(weights, "weights file not found")
+        if not Path(data).is_dir() or not Path(w).is_file():
+            return None
+        return Path(data), Path(w)
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def prepare(self, data_dir: Path, run_dir: Path, *, limit: int | None = None) -> VotDataset:
+        dataset = str(self.run_config().get("dataset", "VOT2016"))
+        root = data_dir / dataset if (data_dir / dataset).is_dir() else data_dir
+        seqs = read_vot(root, json_name=f"{dataset}.json", limit=limit)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        gt = {"dataset": dataset, "sequences": {s.name: {"size": list(s.size), "polygons": s.polygons.tolist()}
+                                                for s in seqs}}
+        (run_dir / GROUND_TRUTH).write_text(json.dumps(gt))
+        return VotDataset(dataset, seqs)
+
+    def predict(self, dataset: VotDataset, backends: Mapping[str, Backend], run_dir: Path, *,
+                batch_size: int) -> PredictStats:
+        if batch_size != 1:
+            raise ValueError("the tracker runs one frame at a time (batch size 1)")
+        config = self.tracker_config()
+        split = "template" in backends and "search" in backends and self.run_config().get("graphs", "split") == "split"
+        record = {"published_run": self.manifest.run(self.run_name).name, "graphs": "split" if split else "single",
+                  "tracker": asdict(config)}
+        cfg_path = run_dir / TRACKER_CONFIG
+        if cfg_path.is_file():
+            previous = json.loads(cfg_path.read_text())
+            if previous["tracker"] != json.loads(json.dumps(record["tracker"])):
+                raise InputError(cfg_path, f"run directory holds results of other tracker values "
+                                           f"({previous['published_run']}); use a new output directory")
+        cfg_path.write_text(json.dumps(record, indent=1))
+        tracker = SiamRPNTracker(backends, config, split=split)
+        stats = PredictStats()
+        resumed = 0
+        t_all = time.perf_counter()
+        for seq in dataset.sequences:
+            res, tim = result_file(run_dir, dataset.name, seq.name), time_file(run_dir, dataset.name, seq.name)
+            if res.is_file() and tim.is_file():
+                resumed += 1
+                continue
+            loaders = [(lambda i=i, s=seq: s.load(i)) for i in range(len(seq.frames))]
+            pre0, frame0 = tracker.preprocess_s, tracker.frame_s
+            traj = run_supervised(tracker, loaders, seq.gt())
+            write_trajectory(res, traj)
+            timing = {"seconds": traj.seconds, "frames": len(traj.flags), "failures": traj.failures,
+                      "preprocess_seconds": tracker.preprocess_s - pre0,
+                      "tracker_seconds": tracker.frame_s - frame0}
+            tmp = tim.with_suffix(".tmp")
+            tmp.write_text(json.dumps(timing))
+            tmp.replace(tim)  # written after the trajectory: both present means the sequence is complete
+            fps = (len(traj.flags) - 1) / traj.seconds if traj.seconds > 0 else float("nan")
+            log.info("%s: %d frames, %d failures, %.1f fps", seq.name, len(traj.flags), traj.failures, fps)
+            stats.items += len(traj.flags)
+            stats.infer_seconds += traj.seconds
+        stats.seconds = time.perf_counter() - t_all
+        stats.extra.update({"resumed_sequences": resumed, "graphs": record["graphs"],
+                            "published_run": record["published_run"], **{f"tracker.{k}": v for k, v in
+                                                                         asdict(config).items()}})
+        return stats
+
+    def _load_run(self, run_dir: Path) -> tuple[str, dict[str, Trajectory], dict[str, SequenceGT], dict[str, dict]]:
+        gt_path = run_dir / GROUND_TRUTH
+        try:
+            gt = json.loads(gt_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(gt_path, f"cannot read ground truth: {e}") from None
+        dataset = gt["dataset"]
+        gts = {name: SequenceGT(name, np.array(v["polygons"], float), tuple(v["size"]))
+               for name, v in gt["sequences"].items()}
+        trajs, times = {}, {}
+        for name in gts:
+            res, tim = result_file(run_dir, dataset, name), time_file(run_dir, dataset, name)
+            if res.is_file() and tim.is_file():
+                trajs[name] = read_trajectory(res)
+                times[name] = json.loads(tim.read_text())
+        return dataset, trajs, gts, times
+
+    def score(self, run_dir: Path) -> dict[str, float]:
+        """A / R / lost / EAO from the result files (all sequences required: a partial run raises, naming the
+        missing ones), and the tracking speed."""
+        dataset, trajs, gts, times = self._load_run(run_dir)
+        scores = evaluate(trajs, gts, dataset=dataset)
+        metrics = scores.as_dict()
+        secs = sum(t["seconds"] for t in times.values())
+        frames = sum(t["frames"] - 1 for t in times.values())  # pysot's speed: (N - 1) / toc per video
+        per_video = [(t["frames"] - 1) / t["seconds"] for t in times.values() if t["seconds"] > 0]
+        pre = sum(t.get("preprocess_seconds", 0.0) for t in times.values())
+        trk = sum(t.get("tracker_seconds", 0.0) for t in times.values())
+        fps = frames / secs if secs > 0 else float("nan")
+        metrics.update({
+            "fps_per_chip": fps,  # frame-weighted: all frames / all tracker time
+            "fps_per_card_x4": fps * CARD_CHIPS,  # the seed README's convention (x4 chips per card)
+            "fps_per_video_mean": float(np.mean(per_video)) if per_video else float("nan"),
+            "preprocess_share": pre / trk if trk > 0 else float("nan"),
+        })
+        return metrics
+
+    def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
+        """Honest on synthetic data: the protocol's bookkeeping in every result file, the metric on an oracle
+        trajectory (the ground truth's own init boxes: no failure, positive accuracy), and finite scores."""
+        dataset, trajs, gts, _ = self._load_run(run_dir)
+        bad = []
+        for name, t in trajs.items():
+            for f in np.flatnonzero(t.flags == FAILURE):
+                after = t.flags[f + 1:f + SKIP_AFTER_FAILURE]
+                nxt = t.flags[f + SKIP_AFTER_FAILURE] if f + SKIP_AFTER_FAILURE < len(t.flags) else INIT
+                if not (after == SKIPPED).all() or nxt != INIT:
+                    bad.append(f"{name}@{f}")
+        from common.tracking.vot import TRACKED, init_box
+
+        oracle = {}
+        for name, g in gts.items():
+            flags = np.full(len(g.polygons), TRACKED, np.int8)
+            flags[0] = INIT
+            boxes = np.array([init_box(p) for p in g.polygons])
+            boxes[0] = np.nan
+            oracle[name] = Trajectory(flags, boxes)
+        o = evaluate(oracle, gts, dataset=dataset)
+        finite = all(np.isfinite(metrics.get(k, np.nan)) for k in ("accuracy", "robustness", "eao"))
+        return [
+            Check("protocol bookkeeping: 4 skipped frames then re-init after every failure", not bad,
+                  f"{int(sum(t.failures for t in trajs.values()))} failures checked" if not bad
+                  else f"violations at {bad[:5]}"),
+            Check("metric sanity: ground-truth boxes as the trajectory", o.robustness == 0 and o.accuracy > 0.5,
+                  f"A = {o.accuracy:.3f}, R = {o.robustness:.3f}, EAO = {o.eao:.3f} (expected R = 0, A > 0.5)"),
+            Check("metric sanity: A / R / EAO finite", finite,
+                  f"A = {metrics.get('accuracy', float('nan')):.3f}, R = {metrics.get('robustness', float('nan')):.3f},"
+                  f" EAO = {metrics.get('eao', float('nan')):.3f} (random weights: no claim about published numbers)"),
+        ]
+
+    def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
+        dataset, trajs, gts, times = self._load_run(run_dir)
+        scores = evaluate(trajs, gts, dataset=dataset)
+        cfg_path = run_dir / TRACKER_CONFIG
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        t = cfg.get("tracker", {})
+        lines = [f"Tracker values ({cfg.get('published_run', '?')}, {cfg.get('graphs', '?')} graphs): penalty_k "
+                 f"{t.get('penalty_k')}, window_influence {t.get('window_influence')}, lr {t.get('lr')}", "",
+                 "| sequence | frames | failures | accuracy | fps |", "|---|---|---|---|---|"]
+        for s in scores.per_sequence:
+            tm = times.get(s.name, {})
+            fps = (tm["frames"] - 1) / tm["seconds"] if tm.get("seconds") else float("nan")
+            lines.append(f"| {s.name} | {s.frames} | {s.failures} | {s.accuracy:.3f} | {fps:.1f} |")
+        lines += ["", f"| Accuracy | Robustness | Lost Number | EAO | fps per chip | fps per card (x{CARD_CHIPS}) |",
+                  "|---|---|---|---|---|---|",
+                  f"| {scores.accuracy:.3f} | {scores.robustness:.3f} | {scores.lost:.1f} | {scores.eao:.3f} | "
+                  f"{metrics.get('fps_per_chip', float('nan')):.1f} | {metrics.get('fps_per_card_x4', float('nan')):.1f} |"]
+        return lines
+
+
+BUNDLE = SiamRPNBundle()

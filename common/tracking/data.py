@@ -1,0 +1,233 @@
+"""VOT-style tracking datasets: readers for the pysot JSON layout and the official VOT layouts, and a deterministic
+synthetic VOT dataset in the official (python vot-toolkit) layout. Facts: shared/specs/siamrpn.md section 9.
+
+Every problem is an InputError naming the sequence and the file: a missing frame, a ground-truth line with the
+wrong number of values, an empty sequence, a sequence listed but absent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common.errors import InputError
+from common.tracking.vot import SequenceGT, rect_to_polygon
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class VotSequence:
+    """One sequence: frame files in order, (N,8) polygon ground truth, frame size (W, H)."""
+
+    name: str
+    frames: tuple[Path, ...]
+    polygons: np.ndarray
+    size: tuple[int, int]
+
+    def gt(self) -> SequenceGT:
+        return SequenceGT(self.name, self.polygons, self.size)
+
+    def load(self, idx: int) -> np.ndarray:
+        return load_frame(self.frames[idx], self.name)
+
+
+def load_frame(path: Path, sequence: str) -> np.ndarray:
+    """BGR uint8 HWC, as pysot reads frames (cv2.imread)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise InputError(path, f"sequence {sequence}: frame missing or not a readable image")
+    return img
+
+
+def parse_groundtruth(text: str, source: Path, sequence: str) -> np.ndarray:
+    """(N,8) polygons from `groundtruth.txt` lines of 8 (polygon) or 4 (x,y,w,h; converted as pysot does) values."""
+    rows = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.replace("\t", ",").replace(" ", ",").split(",")
+        parts = [p for p in parts if p]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise InputError(source, f"sequence {sequence}, line {no}: not numbers: {line.strip()!r}") from None
+        if len(values) == 8:
+            rows.append(values)
+        elif len(values) == 4:
+            rows.append(rect_to_polygon(np.array([values]))[0].tolist())
+        else:
+            raise InputError(source, f"sequence {sequence}, line {no}: expected 8 values (polygon) or 4 "
+                                     f"(x,y,w,h), got {len(values)}")
+    if not rows:
+        raise InputError(source, f"sequence {sequence}: empty ground truth (an empty sequence cannot be evaluated)")
+    polys = np.array(rows, dtype=np.float64)
+    if not np.isfinite(polys).all():
+        bad = int(np.flatnonzero(~np.isfinite(polys).all(axis=1))[0]) + 1
+        raise InputError(source, f"sequence {sequence}, line {bad}: non-finite value (VOT2016 has no empty frames)")
+    return polys
+
+
+def _frame_size(first: Path, sequence: str) -> tuple[int, int]:
+    img = load_frame(first, sequence)
+    return int(img.shape[1]), int(img.shape[0])
+
+
+def _check_frames(frames: list[Path], n_gt: int, sequence: str, where: Path) -> None:
+    if not frames:
+        raise InputError(where, f"sequence {sequence}: no frames (an empty sequence cannot be evaluated)")
+    missing = [p for p in frames if not p.is_file()]
+    if missing:
+        raise InputError(missing[0], f"sequence {sequence}: frame missing ({len(missing)} of {len(frames)} missing)")
+    if len(frames) != n_gt:
+        raise InputError(where, f"sequence {sequence}: {len(frames)} frames but {n_gt} ground-truth lines "
+                                f"(missing frames?)")
+
+
+# -- official VOT layouts -----------------------------------------------------------------------------------
+def _official_sequence(root: Path, name: str) -> VotSequence:
+    seq_dir = root / name
+    gt_path = seq_dir / "groundtruth.txt"
+    if not seq_dir.is_dir():
+        raise InputError(seq_dir, f"sequence {name}: listed in list.txt but its directory is missing")
+    if not gt_path.is_file():
+        raise InputError(gt_path, f"sequence {name}: groundtruth.txt missing")
+    polys = parse_groundtruth(gt_path.read_text(), gt_path, name)
+    img_dir = seq_dir / "color" if (seq_dir / "color").is_dir() else seq_dir
+    frames = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if frames and len(frames) < len(polys):
+        # Name the first absent frame when the numbering has a gap (frames are 00000001.jpg ...).
+        expected = [img_dir / f"{i:08d}{frames[0].suffix}" for i in range(1, len(polys) + 1)]
+        absent = [p for p in expected if not p.is_file()]
+        if absent:
+            raise InputError(absent[0], f"sequence {name}: frame missing ({len(absent)} of {len(polys)} missing)")
+    _check_frames(frames, len(polys), name, img_dir)
+    return VotSequence(name, tuple(frames), polys, _frame_size(frames[0], name))
+
+
+def _official_names(root: Path) -> list[str]:
+    listing = root / "list.txt"
+    if listing.is_file():
+        names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+        if not names:
+            raise InputError(listing, "is empty: no sequences listed")
+        return names
+    return sorted(p.parent.name for p in root.glob("*/groundtruth.txt"))
+
+
+# -- pysot JSON layout --------------------------------------------------------------------------------------
+def _json_sequences(root: Path, path: Path) -> list[VotSequence]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(path, f"not a readable dataset JSON: {e}") from None
+    if not isinstance(meta, dict) or not meta:
+        raise InputError(path, "expected a non-empty mapping video name -> {img_names, gt_rect, ...}")
+    out = []
+    for name in sorted(meta):  # pysot iterates in sorted name order
+        entry = meta[name]
+        try:
+            img_names = list(entry["img_names"])
+            gt = entry["gt_rect"]
+        except (KeyError, TypeError):
+            raise InputError(path, f"sequence {name}: needs 'img_names' and 'gt_rect'") from None
+        bad = [i for i, g in enumerate(gt) if len(g) not in (4, 8)]
+        if bad:
+            raise InputError(path, f"sequence {name}, gt_rect[{bad[0]}]: expected 8 values (polygon) or 4, "
+                                   f"got {len(gt[bad[0]])}")
+        if not gt:
+            raise InputError(path, f"sequence {name}: empty gt_rect (an empty sequence cannot be evaluated)")
+        polys = np.array([g if len(g) == 8 else rect_to_polygon(np.array([g], float))[0] for g in gt], float)
+        frames = []
+        for rel in img_names:
+            # Resolve against the root (the Ascend patch's choice); VOT2016.json may lack the `color/` part.
+            p = root / rel
+            if not p.is_file():
+                alt = root / Path(rel).parent / "color" / Path(rel).name
+                p = alt if alt.is_file() else p
+            frames.append(p)
+        _check_frames(frames, len(polys), name, path)
+        out.append(VotSequence(name, tuple(frames), polys, _frame_size(frames[0], name)))
+    return out
+
+
+def read_vot(root: Path, *, json_name: str = "VOT2016.json", limit: int | None = None) -> list[VotSequence]:
+    """Every sequence under `root` in sorted (pysot) order, from `<root>/<json_name>` when present, else from the
+    official layout (list.txt + <seq>/groundtruth.txt + frames in <seq>/color/ or <seq>/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset directory not found")
+    js = root / json_name
+    if js.is_file():
+        seqs = _json_sequences(root, js)
+    else:
+        names = _official_names(root)
+        if not names:
+            raise InputError(root, f"no {json_name} and no <sequence>/groundtruth.txt: not a VOT dataset")
+        seqs = [_official_sequence(root, n) for n in sorted(names)]
+    return seqs[:limit]
+
+
+# -- synthetic dataset --------------------------------------------------------------------------------------
+def _texture(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+    coarse = rng.integers(0, 256, size=(cells, cells, 3), dtype=np.uint8)
+    smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    noise = rng.integers(-25, 26, size=(h, w, 3))
+    return np.clip(smooth.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def make_synthetic_vot(root: Path, *, sequences: int = 2, frames: int = 20, size: tuple[int, int] = (160, 120),
+                       seed: int = 0) -> Path:
+    """Write a deterministic VOT dataset in the python vot-toolkit layout under `root` and return `root`:
+    `list.txt`, `<seq>/sequence`, `<seq>/groundtruth.txt` (8-value polygons) and `<seq>/color/%08d.jpg`.
+
+    A textured object moves, scales and rotates over a textured background; in the last third of every sequence
+    it jumps across the frame (and is half-occluded for a few frames), hard enough to cause failures and resets.
+    Idempotent: an existing complete dataset is left as is."""
+    root = Path(root)
+    names = [f"synth{i:02d}" for i in range(sequences)]
+    done = root / ".complete"
+    if done.is_file() and done.read_text() == f"{sequences} {frames} {size} {seed}":
+        return root
+    rng = np.random.default_rng(seed)
+    w_img, h_img = size
+    for s, name in enumerate(names):
+        seq_dir = root / name
+        (seq_dir / "color").mkdir(parents=True, exist_ok=True)
+        bg = _texture(rng, h_img, w_img, 6)
+        ow, oh = int(rng.integers(w_img // 6, w_img // 3)), int(rng.integers(h_img // 6, h_img // 3))
+        obj = _texture(rng, oh, ow, 3)
+        jump = frames * 2 // 3 + int(rng.integers(0, max(1, frames // 6)))  # after the 10-frame burn-in
+        lines = []
+        for t in range(frames):
+            phase = t / max(frames - 1, 1)
+            # A few pixels per frame: trackable, so that failures come from the hard frames below.
+            cx = w_img * (0.35 + 0.3 * phase) + 2 * math.sin(t / 3 + s)
+            cy = h_img * (0.5 + 0.08 * math.sin(2 * math.pi * phase + s))
+            if t >= jump:  # abrupt relocation: the tracker's search region no longer holds the object
+                cx, cy = w_img - cx, h_img - cy
+            scale = 1.0 + 0.15 * math.sin(2 * math.pi * phase)
+            angle = 12.0 * math.sin(math.pi * phase + s)  # degrees
+            rot = cv2.getRotationMatrix2D((ow / 2, oh / 2), angle, scale)
+            rot[:, 2] += (cx - ow / 2, cy - oh / 2)
+            frame = bg.copy()
+            mask = cv2.warpAffine(np.full((oh, ow), 255, np.uint8), rot, (w_img, h_img), flags=cv2.INTER_NEAREST)
+            warped = cv2.warpAffine(obj, rot, (w_img, h_img), flags=cv2.INTER_LINEAR)
+            frame[mask > 0] = warped[mask > 0]
+            if jump <= t < jump + 3:  # occluder over half the object
+                x0 = int(max(cx - ow * scale / 2, 0))
+                frame[:, x0:x0 + int(ow * scale / 2)] = bg[:, x0:x0 + int(ow * scale / 2)][:, ::-1]
+            corners = np.array([[0, 0, 1], [ow, 0, 1], [ow, oh, 1], [0, oh, 1]], float) @ rot.T
+            lines.append(",".join(f"{v:.2f}" for v in corners.ravel()))
+            cv2.imwrite(str(seq_dir / "color" / f"{t + 1:08d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        (seq_dir / "groundtruth.txt").write_text("\n".join(lines) + "\n")
+        (seq_dir / "sequence").write_text("channels.color=color/%08d.jpg\nformat=default\n"
+                                          f"fps=30\nname={name}\n")
+    (root / "list.txt").write_text("\n".join(names) + "\n")
+    done.write_text(f"{sequences} {frames} {size} {seed}")
+    return root

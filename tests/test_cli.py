@@ -1,0 +1,34 @@
+"""The `zoo` command line: exit codes and one-line errors (runs the real entry point in a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def zoo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_list_shows_bundles_and_published_runs():
+    r = zoo("list")
+    assert r.returncode == 0
+    assert "refinedet" in r.stdout and "310P3_bs1" in r.stdout and "79.6" in r.stdout
+
+
+def test_missing_data_path_is_one_clear_line(tmp_path):
+    r = zoo("eval", "refinedet", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: --data {tmp_path / 'nope'}: does not exist"]
+
+
+def test_real_eval_with_bad_dataset_names_the_file_and_reports_incomplete(tmp_path):
+    (tmp_path / "VOCdevkit").mkdir()
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    r = zoo("eval", "refinedet", "--data", str(tmp_path), "--weights", str(weights), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "test.txt" in r.stderr
+    import json
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["verdict"] == "INCOMPLETE" and report["metrics"] == {}
