@@ -23,6 +23,7 @@ from bundles.pamtri.model import (
     pamtri_densenet121,
 )
 from common.errors import CheckpointError, InputError
+from common.imageio import load_image_bgr
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -392,5 +393,5 @@ def test_predict_keeps_row_order_pads_the_last_batch_and_finds_the_embedding_by_
     feats = np.load(run_dir / FEATURES["query"])
     q = splits["query"]
     for i in (0, 11):
-        expected = data.preprocess(data.load_image(q.path(i))).reshape(-1)[:1024]
+        expected = data.preprocess(load_image_bgr(q.path(i))).reshape(-1)[:1024]
         np.testing.assert_array_equal(feats[i], expected)

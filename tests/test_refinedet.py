@@ -18,6 +18,7 @@ from bundles.refinedet.model import RefineDet, refinedet320
 from common.boxes import greedy_nms, pairwise_iou
 from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import CheckpointError, InputError
+from common.imageio import load_image_bgr
 
 KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "specs" / "keys" / "refinedet320_voc.json"
 
@@ -232,7 +233,7 @@ def test_corrupt_jpeg_names_the_file(voc):
     path = v / "JPEGImages" / f"{image_id}.jpg"
     path.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(InputError, match=f"{image_id}.jpg.*cannot decode"):
-        data.load_image(path)
+        load_image_bgr(path)
 
 
 def test_missing_test_txt_names_the_file(voc):

@@ -26,6 +26,7 @@ from bundles.pamtri.model import (
 from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, PredictStats
 from common.errors import InputError
+from common.imageio import load_image_bgr
 from common.metrics.reid import REPORT_RANKS, ReidResult, evaluate
 
 log = logging.getLogger("zoo.pamtri")
@@ -155,7 +156,7 @@ class PamtriBundle(Bundle):
             feats = np.empty((len(part), EMBEDDING_DIM), dtype=np.float32)
             # Images load and pre-process in background threads while the backend runs the previous batch.
             for indices, images in prefetched_batches(len(part), lambda i, p=part: data.preprocess(
-                    data.load_image(p.path(i))), batch_size):
+                    load_image_bgr(p.path(i))), batch_size):
                 outputs = backend.run({"input": pad_batch(np.stack(images), batch_size)})
                 feats[indices.start : indices.stop] = _embedding(outputs, f"{backend.name} output")[: len(indices)]
                 stats.items += len(indices)

@@ -115,16 +115,6 @@ def read_veri(root: Path, *, limit: int | None = None) -> dict[str, VeriSplit]:
 
 
 # -- pre-processing --------------------------------------------------------------------------------------------
-def load_image(path: Path) -> np.ndarray:
-    """Read an image as BGR uint8 (H, W, 3); a missing or undecodable file raises InputError naming it."""
-    if not path.is_file():
-        raise InputError(path, "image file missing")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(path, "cannot decode image (corrupt or not an image)")
-    return image
-
-
 def preprocess(image_bgr: np.ndarray) -> np.ndarray:
     """BGR uint8 (H, W, 3) -> float32 (3, 256, 256), spec section 2 in its order: BGR -> RGB on uint8, bilinear
     resize of the **uint8** image (rounded back to uint8, as upstream's PIL-free cv2 path), /255, ImageNet

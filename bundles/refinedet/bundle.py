@@ -19,6 +19,7 @@ from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, PredictStats
 from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import InputError
+from common.imageio import load_image_bgr
 from common.metrics.voc import evaluate
 from common.stream import OrderedWorker, pad_batch, prefetched_batches
 
@@ -72,7 +73,7 @@ class RefineDetBundle(Bundle):
         stats = PredictStats()
 
         def load(i: int) -> tuple[np.ndarray, tuple[int, int]]:
-            image = data.load_image(dataset.image_path(i))
+            image = load_image_bgr(dataset.image_path(i))
             return data.preprocess(image), (image.shape[1], image.shape[0])
 
         def postprocess(indices: range, outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> None:

@@ -85,16 +85,6 @@ def preprocess(image_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(resized[:, :, ::-1].transpose(2, 0, 1))
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Read a JPEG as BGR uint8; missing or undecodable files raise InputError naming the file."""
-    if not path.is_file():
-        raise InputError(path, "image file missing")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InputError(path, "cannot decode image (corrupt or not a JPEG)")
-    return image
-
-
 # -- detection files (spec 5.2) --------------------------------------------------------------------------------
 def to_pixels(det: ImageDetections, width: int, height: int) -> np.ndarray:
     """Normalised boxes -> float32 pixel boxes (x * W, y * H), no clipping and no +1 here."""

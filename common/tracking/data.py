@@ -209,8 +209,9 @@ def make_synthetic_vot(root: Path, *, sequences: int = 2, frames: int = 20, size
             # A few pixels per frame: trackable, so that failures come from the hard frames below.
             cx = w_img * (0.35 + 0.3 * phase) + 2 * math.sin(t / 3 + s)
             cy = h_img * (0.5 + 0.08 * math.sin(2 * math.pi * phase + s))
-            if t >= jump:  # abrupt relocation: the tracker's search region no longer holds the object
-                cx, cy = w_img - cx, h_img - cy
+            if t >= jump:  # abrupt relocation to the opposite quadrant: the old box no longer touches it
+                cx += -0.45 * w_img if cx > w_img / 2 else 0.45 * w_img
+                cy += -0.4 * h_img if cy > h_img / 2 else 0.4 * h_img
             scale = 1.0 + 0.15 * math.sin(2 * math.pi * phase)
             angle = 12.0 * math.sin(math.pi * phase + s)  # degrees
             rot = cv2.getRotationMatrix2D((ow / 2, oh / 2), angle, scale)
