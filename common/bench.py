@@ -16,6 +16,7 @@ import numpy as np
 from common.backends.base import Backend
 from common.bundle import load_bundle
 from common.pipeline import example_feeds, open_backends
+from common.report import device_description
 
 
 def latency_stats(ms: Sequence[float]) -> dict[str, float]:
@@ -39,8 +40,8 @@ def bench_backend(backend: Backend, feeds: dict[str, np.ndarray], *, warmup: int
     return stats
 
 
-def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], images: int, warmup: int, iters: int,
-              echo=print) -> list[dict[str, float]]:
+def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_sizes: Sequence[int], images: int,
+              warmup: int, iters: int, echo=print) -> list[dict[str, float]]:
     """Pure-inference and end-to-end (demo data through prepare + predict) throughput per batch size."""
     from common.export import export_onnx
 
@@ -52,7 +53,7 @@ def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], ima
         graphs = bundle.graphs(bundle.build_model(demo.weights))
         onnx_paths = {n: export_onnx(g.module, g.io, tmp_dir / f"{n}.onnx") for n, g in graphs.items()}
         for bs in batch_sizes:
-            backends = open_backends(backend, graphs, onnx_paths, batch_size=bs)
+            backends = open_backends(backend, graphs, onnx_paths, device=device, batch_size=bs)
             pure = {n: bench_backend(b, example_feeds(graphs[n], bs), warmup=warmup, iters=iters)
                     for n, b in backends.items()}
             main = pure.get("model") or next(iter(pure.values()))
@@ -66,7 +67,9 @@ def run_bench(bundle_name: str, *, backend: str, batch_sizes: Sequence[int], ima
                          "p99_ms": main["p99_ms"], "e2e_fps": e2e, "ratio": e2e / main["throughput"],
                          "items": stats.items})
     published = bundle.manifest.throughput
-    echo(f"{bundle_name}: {backend} on this machine (pure = backend only, e2e = load + pre + infer + post)")
+    desc = next(iter(backends.values())).describe()
+    echo(f"{bundle_name}: {backend} on {desc.get('gpu') or desc.get('device') or device_description()['cpu']} "
+         "(pure = backend only, e2e = load + pre + infer + post)")
     header = "| batch | pure fps | median ms | p99 ms | e2e fps | e2e/pure |"
     header += "".join(f" {t.hardware} ({t.convention}) |" for t in published)
     echo(header)

@@ -148,7 +148,8 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
 
     with _stage(report, "verify"):
         if opts.demo:
-            report.checks += [_parity(bundle, graphs, onnx_paths)]
+            torch_device = opts.device if opts.backend == "torch" else "cpu"
+            report.checks += [_parity(graphs, onnx_paths, torch_device)]
             report.checks += bundle.demo_checks(run_dir, report.metrics)
         else:
             report.checks += check_published(report.metrics, bundle.manifest.run(opts.published_run))
@@ -156,17 +157,17 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
     report.decide()
 
 
-def _parity(bundle: Bundle, graphs: dict[str, Graph], onnx_paths: dict[str, Path]) -> Check:
-    """ONNX Runtime vs eager torch on the same deterministic batch of 2, for every graph."""
+def _parity(graphs: dict[str, Graph], onnx_paths: dict[str, Path], torch_device: str) -> Check:
+    """ONNX Runtime (CPU) vs eager torch on `torch_device`, same deterministic batch of 2, for every graph."""
     from common.backends.onnxruntime import OrtBackend
     from common.backends.torch_backend import TorchBackend
 
     checks = []
     for name, g in graphs.items():
         feeds = example_feeds(g, 2 if g.io.inputs[0].shape[0] == -1 else g.io.inputs[0].shape[0])
-        ref = TorchBackend(g.module, g.io).run(feeds)
+        ref = TorchBackend(g.module, g.io, device=torch_device).run(feeds)
         checks.append(parity_check(name, ref, OrtBackend(onnx_paths[name]).run(feeds)))
-    return Check("backend parity: ONNX Runtime vs torch", all(c.passed for c in checks),
+    return Check(f"backend parity: ONNX Runtime vs torch ({torch_device})", all(c.passed for c in checks),
                  " | ".join(f"{c.name}: {c.detail}" for c in checks))
 
 

@@ -207,3 +207,12 @@ def test_benchmark_vot2016_sized_is_fast():
     res = benchmark(repeats=2)
     assert res["frames"] == 21455 and res["sequences"] == 60
     assert res["seconds"] <= BENCH_LIMIT_S, res
+
+
+def test_short_sequences_have_no_eao_unless_asked():
+    trajs, gts = synthetic_results(0, sequences=2, frames=100)
+    s = evaluate(trajs, gts)
+    assert math.isnan(s.eao) and s.interval == (108, 371)
+    f = evaluate(trajs, gts, short_fallback=True)
+    m = max(len(g.polygons) for g in gts.values())
+    assert f.interval == (1, m) and f.eao == pytest.approx(float(np.mean(f.curve[:m])))

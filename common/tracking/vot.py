@@ -189,10 +189,11 @@ class VotScores:
     frames: int
     per_sequence: list[SequenceScore] = field(default_factory=list)
     curve: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    interval: tuple[int, int] = (0, 0)
 
     def as_dict(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "robustness": self.robustness, "lost": self.lost, "eao": self.eao,
-                "frames": float(self.frames)}
+                "frames": float(self.frames), "eao_low": float(self.interval[0]), "eao_high": float(self.interval[1])}
 
 
 def _burnin_mask(flags: np.ndarray, burnin: int) -> np.ndarray:
@@ -205,9 +206,13 @@ def _burnin_mask(flags: np.ndarray, burnin: int) -> np.ndarray:
 
 
 def evaluate(trajs: Mapping[str, Trajectory], gts: Mapping[str, SequenceGT], *, dataset: str = "VOT2016",
-             burnin: int = BURNIN, skip: int = SKIP_AFTER_FAILURE) -> VotScores:
+             burnin: int = BURNIN, skip: int = SKIP_AFTER_FAILURE, short_fallback: bool = False) -> VotScores:
     """A / R / lost number / EAO over the sequences of `gts`. Every sequence must have a trajectory: a dataset
-    score over a subset would be silently wrong, so a missing one is an error naming it."""
+    score over a subset would be silently wrong, so a missing one is an error naming it.
+
+    EAO averages the curve over the dataset's interval; when every sequence is shorter than its low end (short
+    synthetic demo sequences) the interval is empty and EAO is NaN, unless `short_fallback` asks for the whole
+    curve [1, M] instead. `VotScores.interval` records the interval used."""
     missing = sorted(set(gts) - set(trajs))
     if missing:
         raise InputError(None, f"no result for {len(missing)} sequence(s): {', '.join(missing[:10])}"
@@ -246,9 +251,11 @@ def evaluate(trajs: Mapping[str, Trajectory], gts: Mapping[str, SequenceGT], *, 
     robustness = failures / total * 100 if total else float("nan")
     curve = eao_curve([trajs[nm].flags[:n] for nm, n in zip(names, lengths, strict=True)], per_e, skip=skip)
     low, high = EAO_INTERVALS[dataset]
+    if short_fallback and len(curve) < low:
+        low, high = 1, len(curve)
     window = curve[low - 1:high]
     eao = float(np.nanmean(window)) if window.size else float("nan")
-    return VotScores(accuracy, robustness, float(failures), eao, total, per_seq, curve)
+    return VotScores(accuracy, robustness, float(failures), eao, total, per_seq, curve, (low, high))
 
 
 def eao_curve(flags_list: Sequence[np.ndarray], overlaps_list: Sequence[np.ndarray], *,
