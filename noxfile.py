@@ -93,7 +93,7 @@ for _bundle in BUNDLES:
 def host(session: nox.Session, bundle: str) -> None:
     """Run eval for one bundle on this machine without Docker, then verify the run directory."""
     session.install("-e", ".")
-    run_dir = ROOT / "runs" / f"{bundle}-host-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = ROOT / "runs" / bundle / f"{bundle}-host-{time.strftime('%Y%m%d-%H%M%S')}"
     session.run("zoo", "eval", bundle, "--out", str(run_dir), *session.posargs)
     session.run("zoo", "verify", str(run_dir))
 

@@ -49,7 +49,7 @@ def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_size
     rows = []
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         tmp_dir = Path(tmp)
-        demo = bundle.make_demo(tmp_dir / "demo", seed=0)
+        demo = bundle.make_demo(tmp_dir / "demo", seed=0, size=images)
         graphs = bundle.graphs(bundle.build_model(demo.weights))
         onnx_paths = {n: export_onnx(g.module, g.io, tmp_dir / f"{n}.onnx") for n, g in graphs.items()}
         for bs in batch_sizes:
@@ -69,7 +69,7 @@ def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_size
     published = bundle.manifest.throughput
     desc = next(iter(backends.values())).describe()
     echo(f"{bundle_name}: {backend} on {desc.get('gpu') or desc.get('device') or device_description()['cpu']} "
-         "(pure = backend only, e2e = load + pre + infer + post)")
+         f"(pure = backend only, e2e = load + pre + infer + post over {rows[0]['items']} synthetic items)")
     header = "| batch | pure fps | median ms | p99 ms | e2e fps | e2e/pure |"
     header += "".join(f" {t.hardware} ({t.convention}) |" for t in published)
     echo(header)

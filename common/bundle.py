@@ -84,9 +84,10 @@ class Bundle(ABC):
 
     # -- data ----------------------------------------------------------------------------------------------
     @abstractmethod
-    def make_demo(self, root: Path, *, seed: int = 0) -> DemoAssets:
+    def make_demo(self, root: Path, *, seed: int = 0, size: int | None = None) -> DemoAssets:
         """Write a deterministic synthetic dataset (real on-disk layout) and a random-weight checkpoint with the
-        real key names and shapes under `root`; idempotent."""
+        real key names and shapes under `root`; idempotent. `size` scales the dataset (images, or the bundle's
+        natural unit) for benchmarks; None is the small demo default."""
 
     def locate(self, data_dir: Path | None, weights: Path | None, cache_dir: Path) -> tuple[Path, Path] | None:
         """Real dataset and weights: the user's paths win, else what `zoo fetch` put in the cache; None if absent."""

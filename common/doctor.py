@@ -73,9 +73,7 @@ def diagnose(
         Finding(
             "NPU chips (/dev/davinciN)",
             bool(chips),
-            ", ".join(f"/dev/davinci{n}" for n in chips)
-            if chips
-            else f"no davinciN device node in {dev_root}",
+            ", ".join(f"/dev/davinci{n}" for n in chips) if chips else f"no davinciN device node in {dev_root}",
             "pass each chip to the container: --device /dev/davinciN (on the host: ls /dev/davinci*; "
             "no node on the host means no NPU driver is loaded there)",
         )
@@ -110,8 +108,7 @@ def diagnose(
             "driver libraries",
             lib64.is_dir(),
             str(lib64) if lib64.is_dir() else f"{lib64} not found",
-            "mount the host driver read-only: "
-            "-v /usr/local/Ascend/driver/lib64:/usr/local/Ascend/driver/lib64:ro",
+            "mount the host driver read-only: -v /usr/local/Ascend/driver/lib64:/usr/local/Ascend/driver/lib64:ro",
         )
     )
     info = driver / "version.info"
@@ -216,9 +213,7 @@ def main_doctor(bundle: str | None = None, *, dev_root: Path = Path("/dev"), **k
     )
     print("  " + docker_run_line(bundle, chips))
     if missing:
-        print(
-            f"zoo doctor: {len(missing)} of {len(findings)} checks failed: not ready for ais_bench on an NPU"
-        )
+        print(f"zoo doctor: {len(missing)} of {len(findings)} checks failed: not ready for ais_bench on an NPU")
         return 1
     print("zoo doctor: ready for the ais_bench backend")
     return 0

@@ -243,14 +243,10 @@ def _download(bundle: str, req: Path, missing: list[str], dest: Path, python: st
     if r.returncode != 0:
         raise ImageError(f"pip download failed for {req} (exit {r.returncode}); see pip's output above")
     check_wheelhouse(req, dest)
-    every_pin = {
-        n for b in _all_bundles() if requirements_path(b).is_file() for n in read_pins(requirements_path(b))
-    }
+    every_pin = {n for b in _all_bundles() if requirements_path(b).is_file() for n in read_pins(requirements_path(b))}
     unpinned = sorted(set(_wheels(dest)) - every_pin)
     if unpinned:
-        print(
-            f"wheelhouse: warning: no requirements.txt pins {', '.join(unpinned)} (pulled in as dependencies)"
-        )
+        print(f"wheelhouse: warning: no requirements.txt pins {', '.join(unpinned)} (pulled in as dependencies)")
 
 
 # ----------------------------------------------------------------------------------------------- base image

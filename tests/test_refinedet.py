@@ -177,7 +177,7 @@ def test_preprocess_constant_image_vector():
 def test_detection_lines_rounding_and_plus_one():
     det = post.ImageDetections(np.array([2]), np.array([0.12349], np.float32),
                                np.array([[0.1, 0.2, 0.5, 0.75]], np.float32))
-    lines = data.format_detection_lines("000001", det, 100, 200)
+    lines = post.format_detection_lines("000001", det, 100, 200)
     assert lines == {2: ["000001 0.123 11.0 41.0 51.0 151.0"]}
 
 

@@ -161,12 +161,13 @@ def test_fusion_uses_the_softmax_of_the_learned_weights(weights, inputs):
     z, x = inputs
     with torch.inference_mode():
         zf, xf = m.features(z), m.features(x)
-        per_level = [getattr(m.rpn_head, f"rpn{lvl}").cls(a, b) for lvl, a, b in zip((2, 3, 4), zf, xf)]
+        per_level = [getattr(m.rpn_head, f"rpn{lvl}").cls(a, b) for lvl, a, b in zip((2, 3, 4), zf, xf, strict=True)]
         w = torch.softmax(weights["rpn_head.cls_weight"], 0)
-        expected = sum(wi * c for wi, c in zip(w, per_level))
+        expected = sum(wi * c for wi, c in zip(w, per_level, strict=True))
         cls, _ = m.rpn_head(zf, xf)
     torch.testing.assert_close(cls, expected, atol=1e-4, rtol=1e-5)
-    assert not torch.allclose(cls, sum(per_level) / 3, atol=1e-2)  # a plain mean is a different model
+    # a plain mean is a different model: it differs by a sizeable fraction of the logits' scale
+    assert (cls - sum(per_level) / 3).abs().max() > 0.05 * cls.abs().max()
 
 
 def test_split_branches_equal_the_single_graph(model, inputs):
@@ -212,7 +213,7 @@ def test_onnxruntime_matches_torch_and_split_matches_single(onnx_files, model, i
     zn, xn = z.numpy(), x.numpy()
     cls_o, loc_o = _ort(onnx_files["model"]).run(["cls", "loc"], {"template": zn, "search": xn})
     kernels = _ort(onnx_files["template"]).run(list(KERNEL_NAMES), {"template": zn})
-    feeds = {"search": xn, **dict(zip(KERNEL_NAMES, kernels))}
+    feeds = {"search": xn, **dict(zip(KERNEL_NAMES, kernels, strict=True))}
     cls_s, loc_s = _ort(onnx_files["search"]).run(["cls", "loc"], feeds)
     np.testing.assert_allclose(cls_o, cls_t, atol=ORT_ATOL, rtol=1e-4)
     np.testing.assert_allclose(loc_o, loc_t, atol=ORT_ATOL, rtol=1e-4)

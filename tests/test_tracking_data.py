@@ -112,7 +112,7 @@ def test_read_pysot_json_layout_with_and_without_color(vot_root, tmp_path):
     seqs = read_vot(root)
     assert [s.name for s in seqs] == ["synth00", "synth01"]  # sorted, whatever the JSON order
     official = read_vot(vot_root)
-    for a, b in zip(seqs, official):
+    for a, b in zip(seqs, official, strict=True):
         np.testing.assert_array_equal(a.polygons, b.polygons)
         assert a.frames == tuple(Path(str(f).replace(str(vot_root), str(root))) for f in b.frames)
 
@@ -161,3 +161,18 @@ def test_listed_but_absent_sequence_is_named(vot_root, tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(InputError, match="not a VOT dataset"):
         read_vot(tmp_path)
+
+
+def test_read_otb_json(vot_root, tmp_path):
+    from common.tracking.data import read_otb_json
+
+    root = _copy(vot_root, tmp_path / "OTB100")
+    meta = {"b": {"img_names": [f"synth00/color/{k:08d}.jpg" for k in range(1, 7)], "gt_rect": [[1, 2, 3, 4]] * 6},
+            "a": {"img_names": [f"synth01/color/{k:08d}.jpg" for k in range(1, 7)], "gt_rect": [[1, 2, 3, 4]] * 5}}
+    (root / "OTB100.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="sequence a: 6 frames but 5 ground-truth lines"):
+        read_otb_json(root)
+    meta["a"]["gt_rect"].append([1, 2, 3, 4])
+    (root / "OTB100.json").write_text(json.dumps(meta))
+    seqs = read_otb_json(root)
+    assert [s.name for s in seqs] == ["a", "b"] and seqs[0].boxes.shape == (6, 4)

@@ -56,7 +56,7 @@ def oracle(a: list[float], b: list[float], bounds: tuple[float, float]) -> float
             x, y, w, h = reg
             polys.append([(x, y), (x + w, y), (x + w, y + h), (x, y + h)])
         else:
-            polys.append(list(zip(reg[0::2], reg[1::2])))
+            polys.append(list(zip(reg[0::2], reg[1::2], strict=True)))
     boxes = []
     for p in polys:
         xs, ys = [q[0] for q in p], [q[1] for q in p]
@@ -152,7 +152,7 @@ def test_vectorised_equals_the_literal_oracle_on_random_regions():
             b = np.array([c[1] for c in group])
             bnd = np.array([(c[2][0] - bounds_shift, c[2][1] - bounds_shift) for c in group], float)
             got = overlaps(a, b, bnd)
-            want = np.array([oracle(c[0], c[1], tuple(bb)) for c, bb in zip(group, bnd)])
+            want = np.array([oracle(c[0], c[1], tuple(bb)) for c, bb in zip(group, bnd, strict=True)])
             np.testing.assert_allclose(got, want, atol=1e-12)
             assert (want > 0).sum() > len(group) // 4  # the sample exercises real overlaps, not only zeros
 

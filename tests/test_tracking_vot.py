@@ -158,7 +158,7 @@ def oracle(trajs: dict, gts: dict, low: int, high: int) -> tuple[float, float, f
     rob = failures / total * 100
     m = max(len(o) for o in eao_ovs)
     frags = []
-    for o, fl in zip(eao_ovs, eao_flags):
+    for o, fl in zip(eao_ovs, eao_flags, strict=True):
         fails = [i for i, f in enumerate(fl) if f == FAILURE]
         points = [0] + [f + 5 for f in fails if f + 5 <= len(o)]
         if len(points) == 1:

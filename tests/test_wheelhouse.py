@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 import re
@@ -118,8 +119,13 @@ def test_bundle_dockerfiles_differ_only_in_the_bundle_name(bundle):
     pattern = (images.BUNDLES_DIR / "refinedet" / "Dockerfile").read_text()
     expected = pattern.replace("\nARG ZOO_BUNDLE=refinedet\n", f"\nARG ZOO_BUNDLE={bundle}\n")
     actual = (images.BUNDLES_DIR / bundle / "Dockerfile").read_text()
-    assert actual == expected, (
-        f"bundles/{bundle}/Dockerfile drifted from the pattern; regenerate it: sed "
-        f"'s/^ARG ZOO_BUNDLE=refinedet$/ARG ZOO_BUNDLE={bundle}/' bundles/refinedet/Dockerfile "
-        f"> bundles/{bundle}/Dockerfile"
+    drift = [
+        line
+        for line in difflib.unified_diff(expected.splitlines(), actual.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    assert not drift, (
+        f"bundles/{bundle}/Dockerfile drifted from the pattern ({len(drift)} lines, e.g. {drift[:2]}); "
+        f"regenerate it: sed 's/^ARG ZOO_BUNDLE=refinedet$/ARG ZOO_BUNDLE={bundle}/' "
+        f"bundles/refinedet/Dockerfile > bundles/{bundle}/Dockerfile"
     )

@@ -109,8 +109,9 @@ class PamtriBundle(Bundle):
         return {"input": np.stack([data.preprocess(im) for im in images])}
 
     # -- data --------------------------------------------------------------------------------------------------
-    def make_demo(self, root: Path, *, seed: int = 0) -> DemoAssets:
-        veri = data.make_synthetic_veri(root / "VeRi", seed=seed)
+    def make_demo(self, root: Path, *, seed: int = 0, size: int | None = None) -> DemoAssets:
+        # about 6.7 images per identity (12 ids -> 80 images); `size` asks for that many images in all
+        veri = data.make_synthetic_veri(root / "VeRi", n_ids=max(12, (size or 0) * 3 // 20), seed=seed)
         weights = root / "pamtri_densenet121_random-weights.pth.tar"
         if not weights.is_file():
             # The real container shape: {'state_dict', 'rank1' (a numpy float32), 'epoch'}, so the demo exercises

@@ -21,7 +21,7 @@ from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import InputError
 from common.imageio import load_image_bgr
 from common.metrics.voc import evaluate
-from common.stream import OrderedWorker, pad_batch, prefetched_batches
+from common.stream import PostPool, pad_batch, prefetched_batches
 
 GROUND_TRUTH = "ground_truth.json"
 RESULTS = "results"
@@ -44,13 +44,13 @@ class RefineDetBundle(Bundle):
         return refinedet320(None if weights is None else load_checkpoint(weights))
 
     # -- data --------------------------------------------------------------------------------------------------
-    def make_demo(self, root: Path, *, seed: int = 0) -> DemoAssets:
-        voc = data.make_synthetic_voc(root, seed=seed)
+    def make_demo(self, root: Path, *, seed: int = 0, size: int | None = None) -> DemoAssets:
+        voc = data.make_synthetic_voc(root, n_images=size or 8, seed=seed)
         weights = root / "RefineDet320_VOC_random-weights.pth"
         if not weights.is_file():
             save_random_checkpoint(RefineDet(), weights, seed=seed)
-        return DemoAssets(voc.parent.parent, weights, "synthetic VOCdevkit (8 images, coloured boxes on noise) and a "
-                          "random-weight checkpoint with the 98 upstream keys")
+        return DemoAssets(voc.parent.parent, weights, f"synthetic VOCdevkit ({size or 8} images, coloured boxes on "
+                          "noise) and a random-weight checkpoint with the 98 upstream keys")
 
     # -- stages ------------------------------------------------------------------------------------------------
     def prepare(self, data_dir: Path, run_dir: Path, *, limit: int | None = None) -> VocTestSet:
@@ -68,32 +68,24 @@ class RefineDetBundle(Bundle):
     def predict(self, dataset: VocTestSet, backends: Mapping[str, Backend], run_dir: Path, *,
                 batch_size: int) -> PredictStats:
         backend = backends["model"]
-        priors = post.prior_boxes()
-        detections: list[tuple[post.ImageDetections, tuple[int, int]]] = []
         stats = PredictStats()
 
         def load(i: int) -> tuple[np.ndarray, tuple[int, int]]:
             image = load_image_bgr(dataset.image_path(i))
             return data.preprocess(image), (image.shape[1], image.shape[0])
 
-        def postprocess(indices: range, outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]) -> None:
-            for row in range(len(indices)):
-                det = post.detect(*(outputs[k][row] for k in ("arm_loc", "arm_conf", "odm_loc", "odm_conf")), priors)
-                detections.append((det, sizes[row]))
-
-        worker = OrderedWorker()
+        pool: PostPool[list[dict[int, list[str]]]] = PostPool()
         try:
             for indices, items in prefetched_batches(len(dataset.image_ids), load, batch_size):
                 outputs = backend.run({"image": pad_batch(np.stack([x for x, _ in items]), batch_size)})
-                worker.submit(postprocess, indices, outputs, [s for _, s in items])
+                pool.submit(post.detection_lines_for_batch, [dataset.image_ids[i] for i in indices], outputs,
+                            [size for _, size in items])
                 stats.items += len(indices)
         finally:
-            worker.drain()
-        # Text formatting happens once at the end rather than per image: it is pure Python and would otherwise
-        # take CPU from the backend during inference (34 ms per image on the demo's random weights).
+            per_batch = pool.drain()
         lines: dict[int, list[str]] = {}
-        for image_id, (det, (w, h)) in zip(dataset.image_ids, detections, strict=True):
-            for label, class_lines in data.format_detection_lines(image_id, det, w, h).items():
+        for image_lines in (x for batch in per_batch for x in batch):
+            for label, class_lines in image_lines.items():
                 lines.setdefault(label, []).extend(class_lines)
         _write_results(run_dir / RESULTS, lines)
         stats.extra["detections"] = sum(len(v) for v in lines.values())

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bundles.refinedet.post import IMAGE_SIZE, ImageDetections
+from bundles.refinedet.post import IMAGE_SIZE
 from common.errors import InputError
 from common.metrics.voc import ClassDetections, ClassGroundTruth
 
@@ -86,27 +86,6 @@ def preprocess(image_bgr: np.ndarray) -> np.ndarray:
 
 
 # -- detection files (spec 5.2) --------------------------------------------------------------------------------
-def to_pixels(det: ImageDetections, width: int, height: int) -> np.ndarray:
-    """Normalised boxes -> float32 pixel boxes (x * W, y * H), no clipping and no +1 here."""
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    return det.boxes * scale
-
-
-def format_detection_lines(image_id: str, det: ImageDetections, width: int, height: int) -> dict[int, list[str]]:
-    """Lines of the per-class files for one image: `<id> <score %.3f> <x1+1 %.1f> ...`, in emission order.
-
-    The +1 is done in float64 from the float32 pixel value, as upstream did under numpy 1.20 (spec 5.2)."""
-    pixels = to_pixels(det, width, height).astype(np.float64) + 1.0
-    lines: dict[int, list[str]] = {}
-    for label, score, box in zip(det.labels.tolist(), det.scores.astype(np.float64).tolist(), pixels.tolist(),
-                                 strict=True):
-        if score > 0:
-            lines.setdefault(label, []).append(
-                f"{image_id} {score:.3f} {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}"
-            )
-    return lines
-
-
 def detection_file(results_dir: Path, label: int) -> Path:
     return results_dir / f"det_test_{VOC_CLASSES[label - 1]}.txt"
 

@@ -8,6 +8,7 @@ objectness filter 0.01, class threshold 0.01 (strict), top 1000 candidates per c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -97,3 +98,38 @@ def detect(
     if not labels:
         return ImageDetections(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((0, 4), np.float32))
     return ImageDetections(np.concatenate(labels), np.concatenate(kept_scores), np.concatenate(kept_boxes))
+
+
+def to_pixels(det: ImageDetections, width: int, height: int) -> np.ndarray:
+    """Normalised boxes -> float32 pixel boxes (x * W, y * H), no clipping and no +1 here."""
+    scale = np.array([width, height, width, height], dtype=np.float32)
+    return det.boxes * scale
+
+
+def format_detection_lines(image_id: str, det: ImageDetections, width: int, height: int) -> dict[int, list[str]]:
+    """Lines of the per-class files for one image: `<id> <score %.3f> <x1+1 %.1f> ...`, in emission order.
+
+    The +1 is done in float64 from the float32 pixel value, as upstream did under numpy 1.20 (spec 5.2)."""
+    pixels = to_pixels(det, width, height).astype(np.float64) + 1.0
+    lines: dict[int, list[str]] = {}
+    for label, score, box in zip(det.labels.tolist(), det.scores.astype(np.float64).tolist(), pixels.tolist(),
+                                 strict=True):
+        if score > 0:
+            lines.setdefault(label, []).append(
+                f"{image_id} {score:.3f} {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}"
+            )
+    return lines
+
+
+@lru_cache(maxsize=1)
+def _priors() -> np.ndarray:
+    return prior_boxes()
+
+
+def detection_lines_for_batch(image_ids: list[str], outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]
+                              ) -> list[dict[int, list[str]]]:
+    """The post-processing job of one batch (runs in a worker): detect, then format each image's result lines.
+    Rows beyond len(image_ids) are padding and ignored."""
+    heads = ("arm_loc", "arm_conf", "odm_loc", "odm_conf")
+    return [format_detection_lines(image_id, detect(*(outputs[k][row] for k in heads), _priors()), w, h)
+            for row, (image_id, (w, h)) in enumerate(zip(image_ids, sizes, strict=True))]

@@ -101,13 +101,6 @@ class SiamRPNBundle(Bundle):
     def build_model(self, weights: Path | None) -> nn.Module:
         return siamrpn_r50_l234(None if weights is None else load_checkpoint(weights), source=str(weights))
 
-    def example_inputs(self, batch_size: int) -> dict[str, np.ndarray]:
-        if batch_size != 1:
-            raise ValueError("the tracker graphs have a static batch of 1")
-        rng = np.random.default_rng(0)
-        return {"template": (rng.random((1, 3, EXEMPLAR_SIZE, EXEMPLAR_SIZE)) * 255).astype(np.float32),
-                "search": (rng.random((1, 3, INSTANCE_SIZE, INSTANCE_SIZE)) * 255).astype(np.float32)}
-
     def graphs(self, model: nn.Module) -> dict[str, Graph]:
         """The seed's single graph and the split pair, one set of weights (spec section 16)."""
         assert isinstance(model, SiamRPN) and self.manifest.model is not None
@@ -130,26 +123,12 @@ class SiamRPNBundle(Bundle):
                           "frames: a textured object moving, scaling, rotating, then jumping) and random weights "
                           "with the 458 upstream keys (BN statistics calibrated)")
 
-    def locate(self, data_dir: Path | None, weights: Path | None, cache: Path | None = None
-               ) -> tuple[Path, Path] | None:
-        """User-given paths win; else `<cache>/siamrpn/{VOT2016, model.pth}` as `zoo fetch` leaves them."""
-        base = None if cache is None else Path(cache) / self.name
-        data = data_dir or (base / "VOT2016" if base else None)
-        w = weights or (base / "model.pth" if base else None)
-        if data is None or w is None:
-            return None
-        if data_dir is not None and not Path(data_dir).is_dir():
-            raise InputError(data_dir, "dataset directory not found")
-        if weights is not None and not Path(weights).is_file():
-            raise InputError(weights, "weights file not found")
-        if not Path(data).is_dir() or not Path(w).is_file():
-            return None
-        return Path(data), Path(w)
-
     # -- stages ---------------------------------------------------------------------------------------------
     def prepare(self, data_dir: Path, run_dir: Path, *, limit: int | None = None) -> VotDataset:
         dataset = str(self.run_config().get("dataset", "VOT2016"))
-        root = data_dir / dataset if (data_dir / dataset).is_dir() else data_dir
+        # The dataset root itself, or a folder holding it (e.g. where `zoo fetch` unpacked VOT2016.zip).
+        candidates = [data_dir / dataset, data_dir / dataset.lower(), data_dir]
+        root = next((c for c in candidates if c.is_dir()), data_dir)
         seqs = read_vot(root, json_name=f"{dataset}.json", limit=limit)
         run_dir.mkdir(parents=True, exist_ok=True)
         gt = {"dataset": dataset, "sequences": {s.name: {"size": list(s.size), "polygons": s.polygons.tolist()}
@@ -260,7 +239,7 @@ class SiamRPNBundle(Bundle):
             boxes = np.array([init_box(p) for p in g.polygons])
             boxes[0] = np.nan
             oracle[name] = Trajectory(flags, boxes)
-        o = evaluate(oracle, gts, dataset=dataset)
+        o = evaluate(oracle, gts, dataset=dataset, short_fallback=True)
         finite = all(np.isfinite(metrics.get(k, np.nan)) for k in ("accuracy", "robustness", "eao"))
         return [
             Check("protocol bookkeeping: 4 skipped frames then re-init after every failure", not bad,
@@ -273,9 +252,16 @@ class SiamRPNBundle(Bundle):
                   f" EAO = {metrics.get('eao', float('nan')):.3f} (random weights: no claim about published numbers)"),
         ]
 
+    def metric_benchmark(self) -> dict[str, float]:
+        """A / R / EAO (overlaps included) over a VOT2016-sized synthetic result set: 60 sequences, 21,455 frames."""
+        from common.tracking.vot import benchmark
+
+        return benchmark()
+
     def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
         dataset, trajs, gts, times = self._load_run(run_dir)
         scores = evaluate(trajs, gts, dataset=dataset, short_fallback=True)
+        nan = float("nan")
         cfg_path = run_dir / TRACKER_CONFIG
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         t = cfg.get("tracker", {})
@@ -290,7 +276,7 @@ class SiamRPNBundle(Bundle):
                   "", f"| Accuracy | Robustness | Lost Number | EAO | fps per chip | fps per card (x{CARD_CHIPS}) |",
                   "|---|---|---|---|---|---|",
                   f"| {scores.accuracy:.3f} | {scores.robustness:.3f} | {scores.lost:.1f} | {scores.eao:.3f} | "
-                  f"{metrics.get('fps_per_chip', float('nan')):.1f} | {metrics.get('fps_per_card_x4', float('nan')):.1f} |"]
+                  f"{metrics.get('fps_per_chip', nan):.1f} | {metrics.get('fps_per_card_x4', nan):.1f} |"]
         return lines
 
 

@@ -232,3 +232,41 @@ def make_synthetic_vot(root: Path, *, sequences: int = 2, frames: int = 20, size
     (root / "list.txt").write_text("\n".join(names) + "\n")
     done.write_text(f"{sequences} {frames} {size} {seed}")
     return root
+
+
+# -- OTB (pysot JSON layout) --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OtbSequence:
+    """One OTB sequence: frame files and (N,4) [x, y, w, h] ground truth (one-pass evaluation, no resets)."""
+
+    name: str
+    frames: tuple[Path, ...]
+    boxes: np.ndarray
+
+    def load(self, idx: int) -> np.ndarray:
+        return load_frame(self.frames[idx], self.name)
+
+
+def read_otb_json(root: Path, json_name: str = "OTB100.json") -> list[OtbSequence]:
+    """Sequences of pysot's `<root>/<json_name>` ({video: {img_names, gt_rect, ...}}), sorted by name. pysot's
+    `Jogging-1/-2` and `Skating2-1/-2` entries point at copies of `Jogging` / `Skating2` (spec section 13): a
+    missing copy is reported like any missing frame."""
+    root = Path(root)
+    path = root / json_name
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(path, f"not a readable OTB dataset JSON: {e}") from None
+    out = []
+    for name in sorted(meta):
+        entry = meta[name]
+        try:
+            frames = [root / rel for rel in entry["img_names"]]
+            boxes = np.array(entry["gt_rect"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(path, f"sequence {name}: needs 'img_names' and 4-value 'gt_rect' rows") from None
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise InputError(path, f"sequence {name}: gt_rect rows must have 4 values (x, y, w, h)")
+        _check_frames(frames, len(boxes), name, path)
+        out.append(OtbSequence(name, tuple(frames), boxes))
+    return out

@@ -100,7 +100,7 @@ def _convex(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     return ((cross > 0).all(axis=1) | (cross < 0).all(axis=1))
 
 
-def _rect_spans(px: np.ndarray, py: np.ndarray) -> np.ndarray:
+def _axis_aligned_rects(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """(N,) whether each rounded 4-gon is an axis-aligned rectangle (its spans are then one constant [xmin, xmax]
     on rows ymin..ymax, no per-row node arithmetic needed)."""
     if px.shape[1] != 4:
@@ -174,7 +174,7 @@ def _spans(px: np.ndarray, py: np.ndarray, frame: np.ndarray, rows: np.ndarray) 
     slots = 1 if convex.all() else k // 2 + 1  # the general walk may need several spans per row
     start = np.ones((len(rows), slots))
     end = np.zeros_like(start)
-    rect = _rect_spans(px, py)
+    rect = _axis_aligned_rects(px, py)
     is_rect = rect[frame]
     if is_rect.any():
         rr = np.flatnonzero(is_rect)
