@@ -69,6 +69,17 @@ class Bundle(ABC):
 
     def __init__(self) -> None:
         self.manifest: Manifest = bundle_manifest(self.name)
+        self.run_name: str | None = None  # the published run being reproduced (None: the manifest default)
+
+    def select_run(self, name: str | None) -> None:
+        """Reproduce published run `name`: its `config` table (e.g. tracker values) drives the stages. Unknown
+        names fail here, naming the known ones."""
+        self.manifest.run(name)
+        self.run_name = name
+
+    def run_config(self) -> dict[str, Any]:
+        """The selected published run's `config` table."""
+        return dict(self.manifest.run(self.run_name).config)
 
     # -- model ---------------------------------------------------------------------------------------------
     @abstractmethod

@@ -45,6 +45,8 @@ def list_cmd() -> None:
 def _eval_options(f):  # shared options of `eval` and `demo`
     for opt in reversed([
         click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run directory [runs/<bundle>-...]."),
+        click.option("--run", "published_run", help="Published run to reproduce/compare with, with the "
+                     "configuration that produced it (see `zoo list`) [manifest default]."),
         click.option("--backend", type=click.Choice(["onnxruntime", "torch", "ais_bench"]), default="onnxruntime",
                      show_default=True, help="Inference backend."),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, npu:0 ..."),
@@ -81,7 +83,6 @@ def demo(bundle: str, out_dir: Path | None, **kw) -> None:
 @click.argument("bundle", type=BUNDLE)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Dataset root (the real layout).")
 @click.option("--weights", type=click.Path(path_type=Path), help="Published checkpoint.")
-@click.option("--run", "published_run", help="Published run to compare with (see `zoo list`) [manifest default].")
 @_eval_options
 def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, out_dir: Path | None, **kw) -> None:
     """Evaluate on the real dataset and verify against the published numbers.
@@ -98,7 +99,6 @@ def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, out_dir: 
     if data_dir is None and weights is None and b.locate(None, None, cache) is None:
         click.echo(f"{bundle}: no real dataset/weights given or cached -> running the DEMO on synthetic data "
                    f"(pass --data and --weights, or `zoo fetch {bundle}`, for a real evaluation)", err=True)
-        kw.pop("published_run")
         _run(bundle, True, out_dir, **kw)
     _run(bundle, False, out_dir, data_dir=data_dir, weights=weights, **kw)
 

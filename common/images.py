@@ -1,9 +1,9 @@
 """Build, check and run the bundle images: helpers for ``noxfile.py`` and the tests (standard library only).
 
-The images are built from the repository root with each bundle's ``Dockerfile``. Third-party packages come
-from a wheelhouse (``wheelhouse/`` in the build context, bind-mounted for the one pip step), so builds run
-offline and the pip layer is reused until ``requirements.txt`` changes. The zoo itself is installed from the
-context in the last layer, so a code-only change rebuilds in seconds.
+The images are built from the repository root with ``docker/Dockerfile`` and ``--build-arg ZOO_BUNDLE``.
+Third-party packages come from a wheelhouse (``wheelhouse/`` in the build context, bind-mounted for the one
+pip step), so builds run offline and the pip layer is reused until ``requirements.txt`` changes. The zoo
+itself is installed from the context in the last layer, so a code-only change rebuilds in seconds.
 
 Base images: the Dockerfile's default is the real one of the manifest (``pinned_env.base_image``), pinned by
 digest once ``docker/base-images.lock`` records one. Where no registry is reachable, ``ensure_base_image``
@@ -29,6 +29,7 @@ from common.errors import ZooError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLES_DIR = REPO_ROOT / "bundles"
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"  # one Dockerfile, the bundle is a build argument
 WHEELHOUSE = REPO_ROOT / "wheelhouse"  # the Dockerfiles bind-mount exactly this directory of the context
 BASE_LOCK = REPO_ROOT / "docker" / "base-images.lock"
 MAKE_BASE_IMAGE = REPO_ROOT / "docker" / "make-base-image.sh"
@@ -95,12 +96,9 @@ def requirements_path(bundle: str) -> Path:
 
 
 def _require_image_files(bundle: str) -> None:
-    for path in (_bundle_dir(bundle) / "Dockerfile", requirements_path(bundle)):
-        if not path.is_file():
-            raise ImageError(
-                f"{path} is missing: a bundle image needs bundles/{bundle}/Dockerfile (bundles/refinedet/"
-                f"Dockerfile with another ZOO_BUNDLE default) and its exact pins in requirements.txt"
-            )
+    path = requirements_path(bundle)
+    if not path.is_file():
+        raise ImageError(f"{path} is missing: a bundle image needs its exact pins in requirements.txt")
 
 
 # ------------------------------------------------------------------------------------------------ wheelhouse
@@ -344,7 +342,6 @@ def build_image(
     What the base image resolved to is recorded in ``lock``. ``quiet`` captures the build log and shows
     it only on failure.
     """
-    bdir = _bundle_dir(bundle)
     _require_image_files(bundle)
     if Path(wheelhouse).resolve() != WHEELHOUSE.resolve():
         raise ImageError(f"the Dockerfiles bind-mount {WHEELHOUSE} from the build context; got {wheelhouse}")
@@ -363,7 +360,7 @@ def build_image(
     }
     if target != "cpu" and data.get("pinned_env", {}).get("ais_bench_commit"):
         build_args["AIS_BENCH_COMMIT"] = data["pinned_env"]["ais_bench_commit"]
-    cmd = [docker_bin(), "build", "--progress=plain", "-f", str(bdir / "Dockerfile"), "--target", target]
+    cmd = [docker_bin(), "build", "--progress=plain", "-f", str(DOCKERFILE), "--target", target]
     cmd += ["-t", tag]
     for k, v in build_args.items():
         cmd += ["--build-arg", f"{k}={v}"]

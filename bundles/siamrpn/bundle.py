@@ -20,14 +20,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch import nn
 
 from bundles.siamrpn.model import (
-    EXEMPLAR_SIZE,
-    INSTANCE_SIZE,
     SearchBranch,
     SiamRPN,
     TemplateBranch,
@@ -79,20 +76,7 @@ def time_file(run_dir: Path, dataset: str, seq: str) -> Path:
 class SiamRPNBundle(Bundle):
     name = "siamrpn"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.run_name: str | None = None  # published run whose `config` drives the tracker (None: default)
-
     # -- configuration --------------------------------------------------------------------------------------
-    def select_run(self, name: str | None) -> None:
-        """Use the tracker values of published run `name` (unknown names fail here, naming the known ones)."""
-        self.manifest.run(name)
-        self.run_name = name
-
-    def run_config(self) -> dict[str, Any]:
-        """The selected published run's `config` table."""
-        return dict(self.manifest.run(self.run_name).config)
-
     def tracker_config(self) -> TrackerConfig:
         run = self.manifest.run(self.run_name)
         return TrackerConfig.from_mapping(run.config, source=f"{self.manifest.path} [[published]] {run.name}")
@@ -110,7 +94,8 @@ class SiamRPNBundle(Bundle):
                 "search": Graph(SearchBranch(model).eval(), g["search"])}
 
     # -- data -----------------------------------------------------------------------------------------------
-    def make_demo(self, root: Path, *, seed: int = 0, sequences: int = 3, frames: int = 25) -> DemoAssets:
+    def make_demo(self, root: Path, *, seed: int = 0, size: int | None = None, frames: int = 25) -> DemoAssets:
+        sequences = 3 if size is None else max(1, size // frames)  # `size` counts frames
         data_dir = make_synthetic_vot(root / "VOT2016", sequences=sequences, frames=frames, seed=seed)
         weights = root / "siamrpn_r50_l234_dwxcorr_random-weights.pth"
         if not weights.is_file():
