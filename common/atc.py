@@ -304,7 +304,8 @@ def run_atc(cmd: list[str], log_path: Path, timeout_s: float | None = None) -> P
 # environment probe
 
 
-def _driver_version(version_info: Path) -> str | None:
+def driver_version(version_info: Path) -> str | None:
+    """The driver version from /usr/local/Ascend/driver/version.info (None when unreadable)."""
     try:
         text = version_info.read_text(errors="replace")
     except OSError:
@@ -372,7 +373,7 @@ def probe_ascend(
         result["atc"] = shutil.which("atc", path=path)
         result["ascend_toolkit_home"] = env.get("ASCEND_TOOLKIT_HOME") or None
         result["cann_version"] = _cann_version(result["ascend_toolkit_home"], root)
-        result["driver_version"] = _driver_version(root / "driver" / "version.info")
+        result["driver_version"] = driver_version(root / "driver" / "version.info")
         # npu-smi lives in /usr/local/bin on most hosts, /usr/local/sbin on some older ones (ascend.md §1).
         result["npu_smi"] = shutil.which("npu-smi", path=path) or next(
             (

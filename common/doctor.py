@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.atc import driver_version
+
 ASCEND_ROOT = Path("/usr/local/Ascend")
 SET_ENV = "ascend-toolkit/set_env.sh"  # under ASCEND_ROOT
 MANAGEMENT_DEVICES = ("davinci_manager", "devmm_svm", "hisi_hdc")
@@ -112,7 +114,7 @@ def diagnose(
         )
     )
     info = driver / "version.info"
-    version = _driver_version(info)
+    version = driver_version(info)
     findings.append(
         Finding(
             "driver version",
@@ -170,15 +172,6 @@ def diagnose(
             )
         )
     return findings
-
-
-def _driver_version(info: Path) -> str | None:
-    try:
-        text = info.read_text(errors="replace")
-    except OSError:
-        return None
-    m = re.search(r"^\s*Version\s*=\s*(\S+)", text, re.MULTILINE)
-    return m[1] if m else (text.strip().splitlines() or ["unknown"])[0]
 
 
 def docker_run_line(bundle: str, devices: Sequence[int | str] = ()) -> str:

@@ -1,4 +1,5 @@
-"""The refinedet CPU image, built from the wheelhouse and run with Docker (marker ``docker``).
+"""The bundle CPU images, built from the wheelhouse and run with Docker (marker ``docker``): refinedet in depth,
+every other bundle built and its demo evaluation run.
 
 Without a Docker engine these tests skip, except under CI=true, where they fail: CI must test the images.
 The image is built once per module (base image via docker/make-base-image.sh when no registry is reachable),
@@ -22,6 +23,7 @@ from common import images
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 BUNDLE = "refinedet"
+OTHER_BUNDLES = [b for b in sorted(p.parent.name for p in images.BUNDLES_DIR.glob("*/manifest.toml")) if b != BUNDLE]
 MARKER = f"ZOO-FAKE-CA-{uuid.uuid4().hex}".encode()
 BUILD_TIMEOUT_S = 900  # cold: base image + wheelhouse + torch layer; cached: seconds
 
@@ -103,6 +105,22 @@ def test_eval_writes_a_demo_report_on_the_host(image, tmp_path):
     assert report["verdict"] == "DEMO-PASS"
     assert (run_dir / "report.md").is_file()
     assert (run_dir / "report.json").stat().st_uid == os.getuid(), "files on the host belong to the caller"
+
+
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 900)
+@pytest.mark.parametrize("bundle", OTHER_BUNDLES)
+def test_every_bundle_image_builds_and_its_eval_writes_a_demo_report(image, bundle, tmp_path):
+    """Same Dockerfile and pins as refinedet: only the last layers rebuild; the container's demo must pass."""
+    lock = tmp_path / "base-images.lock"
+    images.collect_wheelhouse(bundle)
+    tag = images.build_image(bundle, base_image=images.ensure_base_image(bundle, lock=lock), lock=lock, quiet=True)
+    out = tmp_path / "out"
+    r = images.run_image(tag, ["eval"], out_dir=out, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((images.latest_run_dir(out) / "report.json").read_text())
+    assert (report["bundle"], report["mode"], report["verdict"]) == (bundle, "demo", "DEMO-PASS")
+    labels = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
+    assert labels["zoo.bundle"] == bundle
 
 
 def test_read_only_out_is_one_clear_line(image, tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spec_keys_file
 
 from bundles.pamtri import data
 from bundles.pamtri.bundle import BUNDLE, FEATURES, GROUND_TRUTH, _random_state_dict
@@ -27,7 +28,7 @@ from common.imageio import load_image_bgr
 
 pytestmark = pytest.mark.timeout(600)
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "specs" / "keys" / "pamtri_densenet121_multitask.json"
+KEYS_JSON = spec_keys_file("pamtri_densenet121_multitask.json")
 NUM_PARAMS = 9_652_178
 SPEC_PIXEL_BGR = (10, 20, 30)
 SPEC_PIXEL_NORMALISED = (-1.6041614, -1.6855742, -1.6301525)  # spec §2 test vector, RGB order

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import spec_keys_file
 
 from bundles.refinedet import data, post
 from bundles.refinedet.bundle import BUNDLE
@@ -20,7 +21,7 @@ from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import CheckpointError, InputError
 from common.imageio import load_image_bgr
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "specs" / "keys" / "refinedet320_voc.json"
+KEYS_JSON = spec_keys_file("refinedet320_voc.json")
 
 
 @pytest.fixture(scope="module")

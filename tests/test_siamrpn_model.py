@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import spec_keys_file
 
 from bundles.siamrpn.model import (
     KERNEL_NAMES,
@@ -30,9 +31,7 @@ from common.manifest import bundle_manifest
 
 pytestmark = pytest.mark.timeout(600)
 
-KEYS_JSON = Path(__file__).resolve().parents[2] / "shared" / "specs" / "keys" / "siamrpn_r50_l234_dwxcorr.json"
-if not KEYS_JSON.is_file():  # checkouts that carry shared/ inside the repository
-    KEYS_JSON = Path(__file__).resolve().parents[1] / "shared" / "specs" / "keys" / "siamrpn_r50_l234_dwxcorr.json"
+KEYS_JSON = spec_keys_file("siamrpn_r50_l234_dwxcorr.json")
 SPLIT_ATOL = 1e-4  # spec 16: split vs single within 1e-4 abs on logits (fp32)
 ORT_ATOL = 2e-3  # ORT vs eager torch: different conv kernels / BN folding, logits O(10)
 
@@ -40,7 +39,7 @@ ORT_ATOL = 2e-3  # ORT vs eager torch: different conv kernels / BN folding, logi
 @pytest.fixture(scope="module")
 def spec_keys() -> dict:
     if not KEYS_JSON.is_file():
-        pytest.skip(f"key list not found at {KEYS_JSON}")
+        pytest.fail(f"{KEYS_JSON} missing: the upstream key list is needed to test strict loading")
     return json.loads(KEYS_JSON.read_text())
 
 
