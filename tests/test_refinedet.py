@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import cv2
@@ -20,6 +19,7 @@ from common.boxes import greedy_nms, pairwise_iou
 from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import CheckpointError, InputError
 from common.imageio import load_image_bgr
+from common.metrics.voc import evaluate as voc_evaluate
 
 KEYS_JSON = spec_keys_file("refinedet320_voc.json")
 
@@ -175,11 +175,34 @@ def test_preprocess_constant_image_vector():
     np.testing.assert_array_equal(x[:, 0, 0], [-93, -97, -94])  # R-123, G-117, B-104
 
 
-def test_detection_lines_rounding_and_plus_one():
-    det = post.ImageDetections(np.array([2]), np.array([0.12349], np.float32),
-                               np.array([[0.1, 0.2, 0.5, 0.75]], np.float32))
-    lines = post.format_detection_lines("000001", det, 100, 200)
-    assert lines == {2: ["000001 0.123 11.0 41.0 51.0 151.0"]}
+def upstream_det_file_values(scores: np.ndarray, boxes_px: np.ndarray) -> tuple[list[float], list[list[float]]]:
+    """Oracle: what upstream's evaluator reads back from its det files, literally (spec 5.2): format the float32
+    score with %.3f, add 1 in float64 to the float32 pixel value, format with %.1f, parse with float()."""
+    s = [float(f"{x:.3f}") for x in scores.astype(np.float64).tolist()]
+    b = [[float(f"{v + 1.0:.1f}") for v in row] for row in boxes_px.astype(np.float64).tolist()]
+    return s, b
+
+
+def test_det_file_rounding_vector():
+    s, b = post.round_like_detection_files(np.array([0.12349], np.float32),
+                                           np.array([[10.0, 40.0, 50.0, 150.0]], np.float32))
+    assert s.tolist() == [0.123] and b.tolist() == [[11.0, 41.0, 51.0, 151.0]]
+
+
+def test_det_file_rounding_equals_format_and_parse():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.random(20000), np.arange(0, 1.0005, 0.0005)]).astype(np.float32)  # ties too
+    boxes = np.concatenate([
+        rng.normal(0, 300, (20000, 4)),  # negative and positive pixel values
+        np.round(rng.uniform(-5, 500, (1000, 4)) * 20) / 20 - 1,  # x.x5 near-ties after the +1
+        rng.uniform(-1e13, 1e13, (50, 4)),  # huge values from diverging random weights
+        np.array([[np.inf, -np.inf, np.nan, 0.0], [1e-9, -1e-9, 0.049999, 0.95]]),
+    ]).astype(np.float32)
+    scores = np.resize(scores, len(boxes))
+    got_s, got_b = post.round_like_detection_files(scores, boxes)
+    want_s, want_b = upstream_det_file_values(scores, boxes)
+    np.testing.assert_array_equal(got_s, np.array(want_s))
+    np.testing.assert_array_equal(got_b, np.array(want_b))  # NaN == NaN in assert_array_equal
 
 
 @pytest.fixture()
@@ -266,9 +289,16 @@ def test_demo_pipeline_end_to_end_and_verify(tmp_path):
     assert (run_dir / "results" / "det_test_dog.txt").exists()
     checks, metrics = verify_run_dir(run_dir)
     assert all(c.passed for c in checks) and metrics == saved["metrics"]
-    # tampering with the predictions must be detected by verify: swap in the ground-truth-as-detections files
-    shutil.rmtree(run_dir / "results")
-    shutil.copytree(run_dir / "sanity" / "results", run_dir / "results")
+    # the exported upstream-format det files score exactly like the raw predictions they were written from
+    image_ids, objects = data.read_ground_truth(run_dir / "ground_truth.json")
+    from_files = voc_evaluate(data.read_detection_files(run_dir / "results", image_ids),
+                              data.ground_truth_by_class(objects))
+    assert 100.0 * from_files.mean_ap == saved["metrics"]["mAP"]
+    # tampering with the predictions must be detected by verify: the ground truth as predictions
+    rows = [(i, o.label, o.box) for i, objs in enumerate(objects) for o in objs]
+    np.savez(run_dir / "detections.npz", image_index=np.array([r[0] for r in rows], np.int32),
+             labels=np.array([r[1] for r in rows], np.int8), scores=np.ones(len(rows), np.float32),
+             boxes=np.array([r[2] for r in rows], np.float32).reshape(-1, 4))
     checks, metrics = verify_run_dir(run_dir)
     assert not checks[0].passed and metrics["mAP"] > saved["metrics"]["mAP"]
 

@@ -20,11 +20,12 @@ from common.bundle import Bundle, Check, DemoAssets, PredictStats
 from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import InputError
 from common.imageio import load_image_bgr
-from common.metrics.voc import evaluate
+from common.metrics.voc import ClassDetections, evaluate
 from common.stream import PostPool, pad_batch, prefetched_batches
 
 GROUND_TRUTH = "ground_truth.json"
 RESULTS = "results"
+DETECTIONS = "detections.npz"
 
 
 @dataclass(frozen=True)
@@ -74,27 +75,32 @@ class RefineDetBundle(Bundle):
             image = load_image_bgr(dataset.image_path(i))
             return data.preprocess(image), (image.shape[1], image.shape[0])
 
-        pool: PostPool[list[dict[int, list[str]]]] = PostPool()
+        pool: PostPool[list[post.ImageDetections]] = PostPool()
         try:
             for indices, items in prefetched_batches(len(dataset.image_ids), load, batch_size):
                 outputs = backend.run({"image": pad_batch(np.stack([x for x, _ in items]), batch_size)})
-                pool.submit(post.detection_lines_for_batch, [dataset.image_ids[i] for i in indices], outputs,
-                            [size for _, size in items])
+                pool.submit(post.pixel_detections_for_batch, outputs, [size for _, size in items])
                 stats.items += len(indices)
         finally:
             per_batch = pool.drain()
-        lines: dict[int, list[str]] = {}
-        for image_lines in (x for batch in per_batch for x in batch):
-            for label, class_lines in image_lines.items():
-                lines.setdefault(label, []).extend(class_lines)
-        _write_results(run_dir / RESULTS, lines)
-        stats.extra["detections"] = sum(len(v) for v in lines.values())
+        dets = [d for batch in per_batch for d in batch]
+        # Raw predictions (float32, before the det-file rounding): `score` applies upstream's rounding exactly
+        # and exports the det_test files, so no text formatting competes with inference here.
+        np.savez(run_dir / DETECTIONS,
+                 image_index=np.repeat(np.arange(len(dets), dtype=np.int32), [d.labels.size for d in dets]),
+                 labels=np.concatenate([d.labels for d in dets]).astype(np.int8),
+                 scores=np.concatenate([d.scores for d in dets]),
+                 boxes=np.concatenate([d.boxes for d in dets]).reshape(-1, 4))
+        stats.extra["detections"] = int(sum(d.labels.size for d in dets))
         stats.extra["detections_per_image"] = round(stats.extra["detections"] / max(1, stats.items), 1)
         return stats
 
     def score(self, run_dir: Path) -> dict[str, float]:
         image_ids, objects = data.read_ground_truth(run_dir / GROUND_TRUTH)
-        result = evaluate(data.read_detection_files(run_dir / RESULTS, image_ids), data.ground_truth_by_class(objects))
+        per_class = _rounded_detections(run_dir / DETECTIONS, len(image_ids))
+        if not (run_dir / RESULTS).is_dir():  # reviewer-facing export in upstream's det_test_<class>.txt format
+            _write_results(run_dir / RESULTS, _detection_lines(per_class, image_ids))
+        result = evaluate(per_class, data.ground_truth_by_class(objects))
         metrics = {"mAP": 100.0 * result.mean_ap}
         metrics.update({f"AP/{name}": 100.0 * ap for name, ap in result.ap.items()})
         return metrics
@@ -126,6 +132,26 @@ class RefineDetBundle(Bundle):
         lines = ["| class | AP (%) |", "|---|---|"]
         lines += [f"| {name} | {metrics[f'AP/{name}']:.2f} |" for name in data.VOC_CLASSES]
         return lines
+
+
+def _rounded_detections(path: Path, n_images: int) -> dict[str, ClassDetections]:
+    """detections.npz -> per-class detections with the det-file rounding, in image then emission order."""
+    try:
+        with np.load(path) as z:
+            index, labels, scores, boxes = z["image_index"], z["labels"], z["scores"], z["boxes"]
+    except (OSError, KeyError, ValueError) as e:
+        raise InputError(path, f"unreadable predictions: {e}") from None
+    if index.size and (index.min() < 0 or index.max() >= n_images or labels.min() < 1 or labels.max() > 20):
+        raise InputError(path, "image index or label out of range for the ground truth in this run directory")
+    rounded_scores, rounded_boxes = post.round_like_detection_files(scores, boxes)
+    return {name: ClassDetections(index[labels == c].astype(np.int64), rounded_scores[labels == c],
+                                  rounded_boxes[labels == c]) for c, name in enumerate(data.VOC_CLASSES, start=1)}
+
+
+def _detection_lines(per_class: Mapping[str, ClassDetections], image_ids: list[str]) -> dict[int, list[str]]:
+    return {c: [f"{image_ids[i]} {s:.3f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}" for i, s, b in
+                zip(d.image_index.tolist(), d.scores.tolist(), d.boxes.tolist(), strict=True)]
+            for c, d in ((c, per_class[n]) for c, n in enumerate(data.VOC_CLASSES, start=1))}
 
 
 def _write_results(results_dir: Path, lines: Mapping[int, list[str]]) -> None:

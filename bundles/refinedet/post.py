@@ -106,19 +106,22 @@ def to_pixels(det: ImageDetections, width: int, height: int) -> np.ndarray:
     return det.boxes * scale
 
 
-def format_detection_lines(image_id: str, det: ImageDetections, width: int, height: int) -> dict[int, list[str]]:
-    """Lines of the per-class files for one image: `<id> <score %.3f> <x1+1 %.1f> ...`, in emission order.
+def round_like_detection_files(scores: np.ndarray, boxes_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 scores (K,) and pixel boxes (K,4) -> the float64 values upstream's evaluator reads back from its
+    det files: float('%.3f' % score) and float('%.1f' % (float64(pixel) + 1)) (spec 5.2), vectorised and exact.
 
-    The +1 is done in float64 from the float32 pixel value, as upstream did under numpy 1.20 (spec 5.2)."""
-    pixels = to_pixels(det, width, height).astype(np.float64) + 1.0
-    lines: dict[int, list[str]] = {}
-    for label, score, box in zip(det.labels.tolist(), det.scores.astype(np.float64).tolist(), pixels.tolist(),
-                                 strict=True):
-        if score > 0:
-            lines.setdefault(label, []).append(
-                f"{image_id} {score:.3f} {box[0]:.1f} {box[1]:.1f} {box[2]:.1f} {box[3]:.1f}"
-            )
-    return lines
+    Exact because a float32 times 1000 fits a float64 mantissa, so rint() rounds the true value half-to-even as
+    Python's formatting does; for coordinates, v * 10 can round, so values within 1e-6 of a .x5 tie, and huge ones,
+    take the formatting path itself."""
+    s = np.rint(scores.astype(np.float64) * 1000.0) / 1000.0
+    v = boxes_px.astype(np.float64) + 1.0
+    y = v * 10.0
+    out = np.rint(y) / 10.0
+    with np.errstate(invalid="ignore"):
+        risky = np.isfinite(y) & ((np.abs(y - np.floor(y) - 0.5) < 1e-6) | (np.abs(v) > 1e11))
+    if risky.any():
+        out[risky] = [float(f"{x:.1f}") for x in v[risky].tolist()]
+    return s, out
 
 
 @lru_cache(maxsize=1)
@@ -126,10 +129,14 @@ def _priors() -> np.ndarray:
     return prior_boxes()
 
 
-def detection_lines_for_batch(image_ids: list[str], outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]
-                              ) -> list[dict[int, list[str]]]:
-    """The post-processing job of one batch (runs in a worker): detect, then format each image's result lines.
-    Rows beyond len(image_ids) are padding and ignored."""
+def pixel_detections_for_batch(outputs: dict[str, np.ndarray], sizes: list[tuple[int, int]]
+                               ) -> list[ImageDetections]:
+    """The post-processing job of one batch (runs in a worker): detections per image with float32 pixel boxes,
+    score > 0 only (what upstream writes). Rows beyond len(sizes) are padding and ignored."""
     heads = ("arm_loc", "arm_conf", "odm_loc", "odm_conf")
-    return [format_detection_lines(image_id, detect(*(outputs[k][row] for k in heads), _priors()), w, h)
-            for row, (image_id, (w, h)) in enumerate(zip(image_ids, sizes, strict=True))]
+    out = []
+    for row, (w, h) in enumerate(sizes):
+        det = detect(*(outputs[k][row] for k in heads), _priors())
+        keep = det.scores > 0
+        out.append(ImageDetections(det.labels[keep], det.scores[keep], to_pixels(det, w, h)[keep]))
+    return out
