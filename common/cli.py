@@ -176,17 +176,19 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
 @click.argument("bundle", type=BUNDLE)
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch"]), default="onnxruntime", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
-@click.option("--batch-sizes", default="1,4,8,16", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--batch-sizes", help="Comma-separated batch sizes [the published table's, manifest [atc]].")
 @click.option("--images", type=click.IntRange(1), default=32, show_default=True,
               help="Synthetic items per end-to-end measurement.")
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--iters", type=click.IntRange(1), default=10, show_default=True)
-def bench(bundle: str, backend: str, device: str, batch_sizes: str, images: int, warmup: int, iters: int) -> None:
+def bench(bundle: str, backend: str, device: str, batch_sizes: str | None, images: int, warmup: int,
+          iters: int) -> None:
     """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed."""
     from common.bench import run_bench
 
-    run_bench(bundle, backend=backend, device=device, batch_sizes=[int(x) for x in batch_sizes.split(",")],
-              images=images, warmup=warmup, iters=iters)
+    sizes = ([int(x) for x in batch_sizes.split(",")] if batch_sizes
+             else list(bundle_manifest(bundle).atc.batch_sizes))
+    run_bench(bundle, backend=backend, device=device, batch_sizes=sizes, images=images, warmup=warmup, iters=iters)
 
 
 @main.command()

@@ -326,3 +326,37 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.delenv("ZOO_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / ".cache" / "ascend-zoo"
+
+
+def test_bundle_artifacts_fetched_from_a_mirror_unpack_and_are_located(tmp_path):
+    """fetch -> safe unpack -> locate: what `zoo fetch refinedet --mirror DIR --offline` then `zoo eval` rely on."""
+    import io
+    import tarfile
+
+    from bundles.refinedet.bundle import BUNDLE
+    from common.fetch import fetch_bundle_artifacts
+    from common.manifest import Artifact
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "w.pth").write_bytes(b"weights")
+    with tarfile.open(mirror / "voc.tar", "w") as tf:
+        payload = b"000001\n"
+        info = tarfile.TarInfo("VOCdevkit/VOC2007/ImageSets/Main/test.txt")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    arts = {"weights": Artifact(name="weights", kind="weights", filename="w.pth", urls=("http://127.0.0.1:9/w",)),
+            "voc": Artifact(name="voc", kind="dataset", filename="voc.tar", urls=("http://127.0.0.1:9/v",),
+                            unpack=True)}
+    cache = tmp_path / "cache"
+    paths = fetch_bundle_artifacts("refinedet", arts, cache, mirror=mirror, offline=True, progress=False)
+    assert (paths["voc"] / "VOCdevkit/VOC2007/ImageSets/Main/test.txt").read_bytes() == b"000001\n"
+    assert json.loads((cache / "zoo-lock.json").read_text())["w.pth"]["sha256"]  # unhashed: recorded
+    monkey_manifest = BUNDLE.manifest.model_copy(update={"artifacts": arts})
+    original = BUNDLE.manifest
+    try:
+        BUNDLE.manifest = monkey_manifest
+        assert BUNDLE.locate(None, None, cache) == (paths["voc"], paths["weights"])
+        assert BUNDLE.locate(None, None, tmp_path / "empty") is None
+    finally:
+        BUNDLE.manifest = original
