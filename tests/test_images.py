@@ -103,6 +103,9 @@ def test_eval_writes_a_demo_report_on_the_host(image, tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["mode"] == "demo" and report["bundle"] == BUNDLE
     assert report["verdict"] == "DEMO-PASS"
+    revision = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", image).stdout)[
+        "org.opencontainers.image.revision"]
+    assert report["provenance"]["zoo_commit"] == revision != "unknown", "the report names the zoo commit"
     assert (run_dir / "report.md").is_file()
     assert (run_dir / "report.json").stat().st_uid == os.getuid(), "files on the host belong to the caller"
 
