@@ -387,3 +387,16 @@ def probe_ascend(
     except Exception as e:  # a probe is diagnostics: report, never crash the caller
         result["npu_smi_error"] = result["npu_smi_error"] or f"probe failed: {type(e).__name__}: {e}"
     return result
+
+
+def detect_soc_version() -> str:
+    """`--soc_version` for this host from `npu-smi info` (an OM runs only on the SoC it was built for)."""
+    try:
+        text = subprocess.run(["npu-smi", "info"], capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ZooError(f"npu-smi unavailable ({e}): pass --soc-version (e.g. Ascend310P3), or mount the host's "
+                       "npu-smi (see `zoo doctor`)") from None
+    try:
+        return soc_version_from_npu_smi(text)
+    except ValueError as e:
+        raise ZooError(f"npu-smi info: {e}") from None

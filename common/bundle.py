@@ -57,8 +57,7 @@ class PredictStats:
     """Counts and timings of the infer + post-process stage."""
 
     items: int = 0
-    seconds: float = 0.0
-    infer_seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the stage where the bundle measures it itself (trackers)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -52,7 +52,8 @@ def _eval_options(f):  # shared options of `eval` and `demo`
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, npu:0 ..."),
         click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True),
         click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items (smoke runs)."),
-        click.option("--om-dir", type=click.Path(path_type=Path), help="OM files for --backend ais_bench."),
+        click.option("--om-dir", type=click.Path(path_type=Path), help="Prebuilt OM files <graph>_bs<N>.om for "
+                     "--backend ais_bench [built with ATC into the run directory]."),
         click.option("--cache", "cache_dir", type=click.Path(path_type=Path), envvar="ZOO_CACHE",
                      help="Cache directory [$ZOO_CACHE or ~/.cache/ascend-zoo]."),
     ]):
@@ -144,9 +145,8 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
             dry_run: bool) -> None:
     """Export ONNX graphs (named inputs/outputs, dynamic batch) and optionally OM files via ATC."""
     import shlex
-    import subprocess
 
-    from common.atc import atc_command, run_atc, soc_version_from_npu_smi
+    from common.atc import atc_command, detect_soc_version, run_atc
     from common.bundle import load_bundle
     from common.export import export_onnx
 
@@ -157,12 +157,7 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
         click.echo(f"onnx {name}: {path}")
         if not om:
             continue
-        if soc_version is None:
-            try:
-                text = subprocess.run(["npu-smi", "info"], capture_output=True, text=True, check=True).stdout
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise ZooError(f"npu-smi unavailable ({e}); pass --soc-version, e.g. Ascend310P3") from None
-            soc_version = soc_version_from_npu_smi(text)
+        soc_version = soc_version or detect_soc_version()
         for bs in b.manifest.atc.batch_sizes:
             cmd = atc_command(path, out_dir / f"{name}_bs{bs}", batch_size=bs, soc_version=soc_version,
                               atc=b.manifest.atc)

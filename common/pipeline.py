@@ -3,6 +3,7 @@ report. Each stage writes into the run directory; see shared/DESIGN.md."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -69,10 +70,31 @@ def open_backends(kind: str, graphs: dict[str, Graph], onnx_paths: dict[str, Pat
             om = om_dir / f"{name}_bs{batch_size}.om"
             if not om.is_file():
                 raise InputError(om, "OM file missing: build it with `zoo convert <bundle> --om`")
-            out[name] = AisBenchBackend(om, g.io.outputs, g.io.inputs, device_id=int(device.split(":")[-1] or 0)
-                                        if device.startswith("npu") else 0)
+            out[name] = AisBenchBackend(om, g.io.outputs, g.io.inputs, device_id=_npu_id(device))
         return out
     raise ZooError(f"unknown backend {kind!r}; choose from {BACKENDS}")
+
+
+def build_oms(bundle: Bundle, onnx_paths: dict[str, Path], om_dir: Path, batch_size: int,
+              soc_version: str | None = None) -> Path:
+    """ONNX -> OM with ATC, one static-batch OM per graph (`<graph>_bs<batch>.om`, as the seeds published),
+    with the manifest's precision mode and the SoC from `npu-smi`; ATC logs beside the OMs."""
+    from common.atc import atc_command, detect_soc_version, run_atc
+
+    soc = soc_version or detect_soc_version()
+    for name, path in onnx_paths.items():
+        stem = om_dir / f"{name}_bs{batch_size}"
+        cmd = atc_command(path, stem, batch_size=batch_size, soc_version=soc, atc=bundle.manifest.atc)
+        run_atc(cmd, om_dir / f"{name}_bs{batch_size}.atc.log")
+    return om_dir
+
+
+def _npu_id(device: str) -> int:
+    """'npu' / 'npu:3' -> 0 / 3 (ACL's logical id inside a container); anything else is an error."""
+    kind, _, index = device.partition(":")
+    if kind != "npu" or not (index == "" or index.isdigit()):
+        raise ZooError(f"--backend ais_bench needs --device npu or npu:<id>, got {device!r}")
+    return int(index or 0)
 
 
 @contextmanager
@@ -131,8 +153,13 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
         onnx_paths = {name: export_onnx(g.module, g.io, run_dir / "onnx" / f"{name}.onnx")
                       for name, g in graphs.items()}
         report.exported_models = {name: file_digest(p) for name, p in onnx_paths.items()}
+        om_dir = opts.om_dir
+        if opts.backend == "ais_bench" and om_dir is None:
+            om_dir = build_oms(bundle, onnx_paths, run_dir / "om", opts.batch_size)
+        if om_dir is not None:
+            report.exported_models.update({f"{p.stem}.om": file_digest(p) for p in sorted(om_dir.glob("*.om"))})
 
-    backends = open_backends(opts.backend, graphs, onnx_paths, device=opts.device, om_dir=opts.om_dir,
+    backends = open_backends(opts.backend, graphs, onnx_paths, device=opts.device, om_dir=om_dir,
                              batch_size=opts.batch_size)
     report.backend = {k: v for b in backends.values() for k, v in b.describe().items()}
     try:
@@ -174,8 +201,6 @@ def _parity(graphs: dict[str, Graph], onnx_paths: dict[str, Path], torch_device:
 
 def _ground_truth_digest(run_dir: Path) -> str:
     """Fingerprint of the evaluated dataset: sha256 of the ground-truth files `prepare` wrote."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in sorted(run_dir.glob("ground_truth*")):
         h.update(p.name.encode())

@@ -32,3 +32,15 @@ def test_real_eval_with_bad_dataset_names_the_file_and_reports_incomplete(tmp_pa
 
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["verdict"] == "INCOMPLETE" and report["metrics"] == {}
+
+
+def test_ais_bench_device_ids():
+    import pytest
+
+    from common.errors import ZooError
+    from common.pipeline import _npu_id
+
+    assert (_npu_id("npu"), _npu_id("npu:3")) == (0, 3)
+    for bad in ("cpu", "cuda:0", "npu:x"):
+        with pytest.raises(ZooError, match="npu:<id>"):
+            _npu_id(bad)
