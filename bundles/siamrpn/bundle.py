@@ -140,6 +140,7 @@ class SiamRPNBundle(Bundle):
         stats = PredictStats()
         resumed = 0
         t_all = time.perf_counter()
+        tracking_s = 0.0
         for seq in dataset.sequences:
             res, tim = result_file(run_dir, dataset.name, seq.name), time_file(run_dir, dataset.name, seq.name)
             if res.is_file() and tim.is_file():
@@ -158,8 +159,9 @@ class SiamRPNBundle(Bundle):
             fps = (len(traj.flags) - 1) / traj.seconds if traj.seconds > 0 else float("nan")
             log.info("%s: %d frames, %d failures, %.1f fps", seq.name, len(traj.flags), traj.failures, fps)
             stats.items += len(traj.flags)
-            stats.infer_seconds += traj.seconds
+            tracking_s += traj.seconds
         stats.seconds = time.perf_counter() - t_all
+        stats.extra["tracking_seconds"] = tracking_s
         stats.extra.update({"resumed_sequences": resumed, "graphs": record["graphs"],
                             "published_run": record["published_run"], **{f"tracker.{k}": v for k, v in
                                                                          asdict(config).items()}})
