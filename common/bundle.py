@@ -126,6 +126,9 @@ class Bundle(ABC):
     def score(self, run_dir: Path) -> dict[str, float]:
         """Recompute every metric from the run directory alone (predictions + ground truth files)."""
 
+    def export_predictions(self, run_dir: Path) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Write reviewer-facing copies of the predictions in upstream's own format (optional; after `score`)."""
+
     def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
         """Metric sanity checks that are honest on synthetic data (e.g. ground truth scored as predictions)."""
         return []

@@ -146,25 +146,27 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
     """Export ONNX graphs (named inputs/outputs, dynamic batch) and optionally OM files via ATC."""
     import shlex
 
-    from common.atc import atc_command, detect_soc_version, run_atc
+    from common.atc import detect_soc_version
     from common.bundle import load_bundle
     from common.export import export_onnx
+    from common.pipeline import atc_commands, build_oms, om_path
 
     b = load_bundle(bundle)
-    graphs = b.graphs(b.build_model(weights))
-    for name, g in graphs.items():
-        path = export_onnx(g.module, g.io, out_dir / f"{name}.onnx")
+    onnx_paths = {name: export_onnx(g.module, g.io, out_dir / f"{name}.onnx")
+                  for name, g in b.graphs(b.build_model(weights)).items()}
+    for name, path in onnx_paths.items():
         click.echo(f"onnx {name}: {path}")
-        if not om:
-            continue
-        soc_version = soc_version or detect_soc_version()
-        for bs in b.manifest.atc.batch_sizes:
-            cmd = atc_command(path, out_dir / f"{name}_bs{bs}", batch_size=bs, soc_version=soc_version,
-                              atc=b.manifest.atc)
-            if dry_run:
+    if not om:
+        return
+    soc_version = soc_version or detect_soc_version()
+    for bs in b.manifest.atc.batch_sizes:
+        if dry_run:
+            for cmd in atc_commands(b, onnx_paths, out_dir, bs, soc_version).values():
                 click.echo(shlex.join(cmd))
-            else:
-                click.echo(f"om {name} bs{bs}: {run_atc(cmd, out_dir / f'{name}_bs{bs}.atc.log')}")
+            continue
+        build_oms(b, onnx_paths, out_dir, bs, soc_version)
+        for name in onnx_paths:
+            click.echo(f"om {name} bs{bs}: {om_path(out_dir, name, bs)}")
 
 
 @main.command()

@@ -67,7 +67,7 @@ def open_backends(kind: str, graphs: dict[str, Graph], onnx_paths: dict[str, Pat
             raise ZooError("--backend ais_bench needs --om-dir with OM files from `zoo convert --om`")
         out = {}
         for name, g in graphs.items():
-            om = om_dir / f"{name}_bs{batch_size}.om"
+            om = om_path(om_dir, name, batch_size)
             if not om.is_file():
                 raise InputError(om, "OM file missing: build it with `zoo convert <bundle> --om`")
             out[name] = AisBenchBackend(om, g.io.outputs, g.io.inputs, device_id=_npu_id(device))
@@ -75,17 +75,30 @@ def open_backends(kind: str, graphs: dict[str, Graph], onnx_paths: dict[str, Pat
     raise ZooError(f"unknown backend {kind!r}; choose from {BACKENDS}")
 
 
+def om_path(om_dir: Path, graph: str, batch_size: int) -> Path:
+    """Where the static-batch OM of one graph lives: `<om_dir>/<graph>_bs<batch>.om` (one OM per batch size, as
+    the seeds published)."""
+    return om_dir / f"{graph}_bs{batch_size}.om"
+
+
+def atc_commands(bundle: Bundle, onnx_paths: dict[str, Path], om_dir: Path, batch_size: int,
+                 soc_version: str) -> dict[str, list[str]]:
+    """The ATC command of every graph for one batch size, with the manifest's precision mode."""
+    from common.atc import atc_command
+
+    return {name: atc_command(path, om_path(om_dir, name, batch_size).with_suffix(""), batch_size=batch_size,
+                              soc_version=soc_version, atc=bundle.manifest.atc)
+            for name, path in onnx_paths.items()}
+
+
 def build_oms(bundle: Bundle, onnx_paths: dict[str, Path], om_dir: Path, batch_size: int,
               soc_version: str | None = None) -> Path:
-    """ONNX -> OM with ATC, one static-batch OM per graph (`<graph>_bs<batch>.om`, as the seeds published),
-    with the manifest's precision mode and the SoC from `npu-smi`; ATC logs beside the OMs."""
-    from common.atc import atc_command, detect_soc_version, run_atc
+    """ONNX -> OM with ATC for every graph (SoC from `npu-smi` unless given); ATC logs beside the OMs."""
+    from common.atc import detect_soc_version, run_atc
 
     soc = soc_version or detect_soc_version()
-    for name, path in onnx_paths.items():
-        stem = om_dir / f"{name}_bs{batch_size}"
-        cmd = atc_command(path, stem, batch_size=batch_size, soc_version=soc, atc=bundle.manifest.atc)
-        run_atc(cmd, om_dir / f"{name}_bs{batch_size}.atc.log")
+    for name, cmd in atc_commands(bundle, onnx_paths, om_dir, batch_size, soc).items():
+        run_atc(cmd, om_path(om_dir, name, batch_size).with_suffix(".atc.log"))
     return om_dir
 
 
@@ -173,6 +186,7 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
 
     with _stage(report, "metric"):
         report.metrics = bundle.score(run_dir)
+        bundle.export_predictions(run_dir)
 
     with _stage(report, "verify"):
         if opts.demo:

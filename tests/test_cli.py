@@ -44,3 +44,12 @@ def test_ais_bench_device_ids():
     for bad in ("cpu", "cuda:0", "npu:x"):
         with pytest.raises(ZooError, match="npu:<id>"):
             _npu_id(bad)
+
+
+def test_convert_dry_run_prints_one_atc_command_per_published_batch_size(tmp_path):
+    r = zoo("convert", "refinedet", "--out", str(tmp_path), "--om", "--dry-run", "--soc-version", "Ascend310P3")
+    assert r.returncode == 0, r.stderr
+    cmds = [line for line in r.stdout.splitlines() if line.startswith("atc ")]
+    assert [c.split("--input_shape=image:")[1].split(",")[0] for c in cmds] == ["1", "4", "8", "16", "32", "64"]
+    assert all("--precision_mode=allow_fp32_to_fp16" in c and "--soc_version=Ascend310P3" in c for c in cmds)
+    assert f"--output={tmp_path.resolve()}/model_bs16 " in cmds[3]

@@ -299,8 +299,10 @@ def test_demo_pipeline_end_to_end_and_verify(tmp_path):
     np.savez(run_dir / "detections.npz", image_index=np.array([r[0] for r in rows], np.int32),
              labels=np.array([r[1] for r in rows], np.int8), scores=np.ones(len(rows), np.float32),
              boxes=np.array([r[2] for r in rows], np.float32).reshape(-1, 4))
+    exported = (run_dir / "results" / "det_test_dog.txt").read_text()
     checks, metrics = verify_run_dir(run_dir)
     assert not checks[0].passed and metrics["mAP"] > saved["metrics"]["mAP"]
+    assert (run_dir / "results" / "det_test_dog.txt").read_text() == exported  # scoring writes nothing
 
 
 def test_real_mode_verdict_fails_on_mismatch(tmp_path):

@@ -97,13 +97,18 @@ class RefineDetBundle(Bundle):
 
     def score(self, run_dir: Path) -> dict[str, float]:
         image_ids, objects = data.read_ground_truth(run_dir / GROUND_TRUTH)
-        per_class = _rounded_detections(run_dir / DETECTIONS, len(image_ids))
-        if not (run_dir / RESULTS).is_dir():  # reviewer-facing export in upstream's det_test_<class>.txt format
-            _write_results(run_dir / RESULTS, _detection_lines(per_class, image_ids))
-        result = evaluate(per_class, data.ground_truth_by_class(objects))
+        result = evaluate(_rounded_detections(run_dir / DETECTIONS, len(image_ids)),
+                          data.ground_truth_by_class(objects))
         metrics = {"mAP": 100.0 * result.mean_ap}
         metrics.update({f"AP/{name}": 100.0 * ap for name, ap in result.ap.items()})
         return metrics
+
+    def export_predictions(self, run_dir: Path) -> None:
+        """results/det_test_<class>.txt in upstream's format, written from detections.npz with the same rounding
+        the metric applies, so upstream's own evaluator can be run on them."""
+        image_ids, _ = data.read_ground_truth(run_dir / GROUND_TRUTH)
+        per_class = _rounded_detections(run_dir / DETECTIONS, len(image_ids))
+        _write_results(run_dir / RESULTS, _detection_lines(per_class, image_ids))
 
     def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
         """Score the ground truth itself through the same file format and metric: AP must be 100 for every class
