@@ -53,15 +53,34 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sou
     model.load_state_dict(state_dict, strict=True)
 
 
-def save_random_checkpoint(model: nn.Module, path: Path, *, seed: int) -> Path:
-    """Write `model`'s state_dict re-initialised from `seed` (demo stand-in for published weights, same keys)."""
+def random_state_dict(model: nn.Module, *, seed: int) -> dict[str, torch.Tensor]:
+    """`model`'s keys and shapes with deterministic random values whose activations stay finite through deep
+    stacks (demo stand-in for published weights): He-scaled conv/linear weights, BatchNorm close to identity with
+    **positive** running variances (a plain randn makes some negative and BN outputs NaN), other vectors small."""
     gen = torch.Generator().manual_seed(seed)
+    bn = {f"{name}.{p}": p for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+          for p in ("weight", "running_var")}
     sd = {}
     for k, v in model.state_dict().items():
-        # Small-variance weights keep the demo's activations finite through deep stacks (e.g. VGG16).
-        fan_in = max(1, v[0].numel()) if v.ndim > 1 else 1
-        scale = (2.0 / fan_in) ** 0.5 if v.ndim > 1 else 0.01
-        sd[k] = (torch.randn(v.shape, generator=gen) * scale).to(v.dtype) if v.is_floating_point() else v.clone()
+        if not v.is_floating_point():
+            sd[k] = v.clone()
+            continue
+        randn = torch.randn(v.shape, generator=gen)
+        if v.ndim > 1:
+            sd[k] = randn * (2.0 / max(1, v[0].numel())) ** 0.5
+        elif bn.get(k) == "weight":
+            sd[k] = 1.0 + 0.1 * randn
+        elif bn.get(k) == "running_var":
+            sd[k] = 0.5 + torch.rand(v.shape, generator=gen)
+        else:  # biases, BN shifts and means, per-channel scales such as RefineDet's L2Norm
+            sd[k] = 0.01 * randn
+        sd[k] = sd[k].to(v.dtype)
+    return sd
+
+
+def save_random_checkpoint(model: nn.Module, path: Path, *, seed: int) -> Path:
+    """Write `random_state_dict(model, seed=seed)` to `path` atomically."""
+    sd = random_state_dict(model, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(sd, tmp)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from conftest import spec_keys_file
 
 from bundles.pamtri import data
-from bundles.pamtri.bundle import BUNDLE, FEATURES, GROUND_TRUTH, _random_state_dict
+from bundles.pamtri.bundle import BUNDLE, FEATURES, GROUND_TRUTH
 from bundles.pamtri.model import (
     OUTPUT_NAMES,
     MultiTaskDenseNet121,
@@ -23,6 +23,7 @@ from bundles.pamtri.model import (
     load_pamtri_checkpoint,
     pamtri_densenet121,
 )
+from common.checkpoint import random_state_dict
 from common.errors import CheckpointError, InputError
 from common.imageio import load_image_bgr
 
@@ -343,7 +344,7 @@ def test_score_recomputes_from_files_and_refuses_mismatched_features(veri, tmp_p
 
 def test_demo_random_weights_stay_finite():
     model = MultiTaskDenseNet121()
-    model.load_state_dict(_random_state_dict(model, 0))
+    model.load_state_dict(random_state_dict(model, seed=0))
     with torch.no_grad():
         out = model.eval()(torch.from_numpy(BUNDLE.example_inputs(2)["input"]))
     assert all(torch.isfinite(t).all() for t in out)

@@ -25,6 +25,7 @@ from bundles.pamtri.model import (
 )
 from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, PredictStats
+from common.checkpoint import random_state_dict
 from common.errors import InputError
 from common.imageio import load_image_bgr
 from common.metrics.reid import REPORT_RANKS, ReidResult, evaluate
@@ -35,27 +36,6 @@ GROUND_TRUTH = "ground_truth.npz"
 FEATURES = {"query": "features_query.npy", "gallery": "features_gallery.npy"}
 EMBEDDING_DIM = 1024
 SANITY = "sanity"
-
-
-def _random_state_dict(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Random weights with the real keys whose activations stay finite through 121 BatchNorms: He-scaled
-    convs/linears, BN close to identity and **positive** running variances (a plain randn would make some
-    negative and the BN output NaN)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in model.state_dict().items():
-        randn = torch.randn(value.shape, generator=gen) if value.is_floating_point() else None
-        if key.endswith("num_batches_tracked"):
-            out[key] = value.clone()
-        elif value.ndim > 1:  # conv / linear weight
-            out[key] = randn * (2.0 / value[0].numel()) ** 0.5
-        elif key.endswith("running_var"):
-            out[key] = 0.5 + torch.rand(value.shape, generator=gen)
-        elif key.endswith(".weight"):  # BN scale
-            out[key] = 1.0 + 0.1 * randn
-        else:  # biases, BN shift, running means
-            out[key] = 0.05 * randn
-    return out
 
 
 def _embedding(outputs: Mapping[str, np.ndarray], source: str) -> np.ndarray:
@@ -118,7 +98,7 @@ class PamtriBundle(Bundle):
             # the safe-globals path the released checkpoint needs.
             weights.parent.mkdir(parents=True, exist_ok=True)
             tmp = weights.with_suffix(".tmp")
-            torch.save({"state_dict": _random_state_dict(MultiTaskDenseNet121(), seed), "rank1": np.float32(0.0),
+            torch.save({"state_dict": random_state_dict(MultiTaskDenseNet121(), seed=seed), "rank1": np.float32(0.0),
                         "epoch": 0}, tmp)
             tmp.replace(weights)
         return DemoAssets(veri, weights, "synthetic VeRi (12 ids x 3 cameras, 80 JPEGs, PAMTRI's 112-column label "
