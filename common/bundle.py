@@ -141,6 +141,18 @@ class Bundle(ABC):
         """Extra Markdown lines for the report (per-class / per-sequence tables)."""
         return []
 
+    # -- training bundles (siamrpnpp, sa_siam) ---------------------------------------------------------------
+    def training_task(self, overrides: Mapping[str, Any]) -> Any:
+        """The bundle's `common.training.loop.TrainingTask` with recipe overrides (`zoo train --set k=v`)."""
+        from common.errors import ZooError
+
+        raise ZooError(f"{self.name} is an inference bundle: it has no training recipe")
+
+    def demo_training(self, train_dir: Path, demo: DemoAssets, cache_dir: Path) -> tuple[Path, list[str]] | None:
+        """Training bundles: run the demo training into `train_dir` before the demo evaluation; returns the snapshot
+        to evaluate and notes for the report. None (inference bundles): evaluate `demo.weights`."""
+        return None
+
 
 def load_bundle(name: str) -> Bundle:
     """Import `bundles.<name>.bundle` and return its `BUNDLE` instance."""

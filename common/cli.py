@@ -104,6 +104,97 @@ def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, out_dir: 
     _run(bundle, False, out_dir, data_dir=data_dir, weights=weights, **kw)
 
 
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key:
+            raise ZooError(f"--set {v!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="Curated training data (the folder holding vid/ yt_bb/ coco/ det/) [recipe default].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Training run directory [runs/<b>-train-...].")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "npu"]), default="cpu", show_default=True,
+              help="Device kind; process i uses device i of its host (torchrun LOCAL_RANK).")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes (devices) per node: >1 (or --nnodes >1) re-runs this command under torchrun.")
+@click.option("--nnodes", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--rdzv-endpoint", help="host:port of the rendezvous, reachable from every node (multi-node).")
+@click.option("--rdzv-id", default="zoo", show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), help="Single node: fixed port [a free one].")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Continue from resume.pth or a snapshot (model, optimizer, LR position, freeze state, RNG, "
+                   "sampler position).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override one recipe value (repeatable).")
+@click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
+              help="DataLoader worker processes per training process.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision [on for cuda/npu, off on cpu].")
+@click.option("--stop-after", type=click.IntRange(0), help="Stop after this many iterations (resume later).")
+@click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True,
+              help="Also refresh resume.pth every N iterations (0: at epoch ends and stops only).")
+def train(bundle: str, data_dir: Path | None, out_dir: Path | None, device: str, devices: int, nnodes: int,
+          node_rank: int, rdzv_endpoint: str | None, rdzv_id: str, master_port: int | None, resume: Path | None,
+          sets: tuple[str, ...], workers: int, amp: bool | None, stop_after: int | None,
+          checkpoint_every: int) -> None:
+    """Train a training bundle on 1 device or N (torchrun: one process per device; several nodes with
+    --nnodes and a rendezvous endpoint). Prints the equivalent plain torchrun line."""
+    from common.training.launch import LaunchSpec, launch, printable, under_torchrun
+
+    overrides = _parse_sets(sets)
+    if data_dir is not None:
+        overrides["data"] = str(data_dir)
+    if out_dir is None:
+        if nnodes > 1:
+            raise ZooError("--nnodes > 1 needs --out (the same shared path on every node)")
+        out_dir = Path("runs") / f"{bundle}-train-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not under_torchrun() and (devices > 1 or nnodes > 1):
+        args = ["train", bundle, "--out", str(out_dir), "--device", device, "--workers", str(workers),
+                "--checkpoint-every", str(checkpoint_every), *[f"--set={k}={v}" for k, v in overrides.items()]]
+        args += ["--resume", str(resume)] if resume else []
+        args += ["--stop-after", str(stop_after)] if stop_after is not None else []
+        args += [] if amp is None else ["--amp" if amp else "--no-amp"]
+        spec = LaunchSpec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port)
+        click.echo(f"launching: {printable(spec, args)}", err=True)
+        rc = launch(spec, args)
+        if rc != 0:
+            raise ZooError(f"training failed (torchrun exit {rc}): the failing rank and its error are printed "
+                           "above; nothing after the last snapshot is claimed")
+        click.echo(f"{bundle}: training done: {out_dir}")
+        return
+    _train_here(bundle, out_dir, device, overrides, resume, workers, amp, stop_after, checkpoint_every)
+
+
+def _train_here(bundle: str, out_dir: Path, device: str, overrides: dict[str, str], resume: Path | None,
+                workers: int, amp: bool | None, stop_after: int | None, checkpoint_every: int) -> None:
+    """One rank (or the only process): run the shared loop; a failure is reported with this rank's number."""
+    import os
+
+    from common.bundle import load_bundle
+    from common.training.loop import TrainConfig
+    from common.training.loop import train as run_training
+
+    rank = os.environ.get("RANK", "0")
+    try:
+        task = load_bundle(bundle).training_task(overrides)
+        cfg = TrainConfig(out_dir=out_dir, device=device, workers=workers, amp=amp, resume=resume,
+                          stop_after=stop_after, checkpoint_every=checkpoint_every,
+                          extra={"launched_with": sys.argv})
+        result = run_training(task, cfg)
+    except Exception as e:
+        click.echo(f"error: rank {rank}: {type(e).__name__}: {e}", err=True)
+        raise
+    if rank == "0":
+        state = "done" if result.completed else f"stopped at iteration {result.iterations_done}"
+        click.echo(f"{bundle}: training {state} ({result.iterations_done}/{result.total_iterations} iterations, "
+                   f"{result.world_size} process(es)): {out_dir}")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def verify(run_dir: Path) -> None:

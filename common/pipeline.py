@@ -148,6 +148,10 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
             demo = bundle.make_demo(cache / "demo" / bundle.name)
             data_dir, weights = demo.data_dir, demo.weights
             report.notes += [DEMO_NOTICE, f"demo data: {demo.description}"]
+            trained = bundle.demo_training(run_dir / "train", demo, cache)
+            if trained is not None:  # a training bundle evaluates the snapshot its demo training just wrote
+                weights, notes = trained
+                report.notes += notes
         else:
             located = bundle.locate(opts.data_dir, opts.weights, cache)
             if located is None:

@@ -9,7 +9,7 @@ Written from shared/specs/siamrpn.md sections 10 (protocol, result files) and 12
 - Robustness: failures per 100 frames, pooled (failures / total frames x 100) -- *not* the vot-toolkit's
   per-sequence definition;
 - EAO: fragments split at failure + 5, overlaps within (W-1, H-1), expected average overlap curve averaged over
-  [low, high] (VOT2016: [108, 371]).
+  [low, high] (VOT2016: [108, 371]); fragment weights and the float32 curve as pysot has them (see `eao_curve`).
 """
 
 from __future__ import annotations
@@ -249,7 +249,8 @@ def evaluate(trajs: Mapping[str, Trajectory], gts: Mapping[str, SequenceGT], *, 
     total = int(sum(lengths))
     accuracy = float(np.nanmean(all_a)) if np.isfinite(all_a).any() else float("nan")
     robustness = failures / total * 100 if total else float("nan")
-    curve = eao_curve([trajs[nm].flags[:n] for nm, n in zip(names, lengths, strict=True)], per_e, skip=skip)
+    curve = eao_curve([trajs[nm].flags for nm in names], per_e, skip=skip,
+                      gt_lengths=[len(gts[nm].polygons) for nm in names])
     low, high = EAO_INTERVALS[dataset]
     if short_fallback and len(curve) < low:
         low, high = 1, len(curve)
@@ -259,40 +260,81 @@ def evaluate(trajs: Mapping[str, Trajectory], gts: Mapping[str, SequenceGT], *, 
 
 
 def eao_curve(flags_list: Sequence[np.ndarray], overlaps_list: Sequence[np.ndarray], *,
-              skip: int = SKIP_AFTER_FAILURE) -> np.ndarray:
+              skip: int = SKIP_AFTER_FAILURE, gt_lengths: Sequence[int] | None = None) -> np.ndarray:
     """Expected average overlap Phi[0..M-1] (Phi[0] = 1) from per-sequence flags and (W-1, H-1) overlaps
-    (NaN at markers), spec section 12.3."""
-    max_len = max((len(o) for o in overlaps_list), default=0)
-    rows = []
-    for flags, o in zip(flags_list, overlaps_list, strict=True):
-        fails = np.flatnonzero(flags == FAILURE)
-        points = [0] + [int(f) + skip for f in fails if f + skip <= len(o)]
-        if len(points) == 1:
-            row = np.full(max_len, np.nan)
-            row[:len(o)] = o  # no failure: as is, NaN at the init frame kept (column 0 is never averaged)
-            rows.append(row)
-            continue
-        for k, start in enumerate(points):
-            last = k == len(points) - 1
-            seg = o[start:] if last else o[start:points[k + 1] + 1]  # inclusive of the re-init frame
-            row = np.full(max_len, np.nan if last else 0.0)
-            row[:len(seg)] = np.nan_to_num(seg, nan=0.0)
-            rows.append(row)
+    (NaN at markers), as pysot's `eao_benchmark` + `calculate_expected_overlap` compute it (spec section 12.3,
+    tag `all`, one run). `flags_list` may be longer than the overlaps (pysot finds failures in the whole result
+    file); `gt_lengths` are the ground-truth lengths G (default: the overlaps' lengths), which only matter for
+    a result file shorter than its ground truth.
+
+    Fragments per sequence, P = [0] + [f + skip for each failure f if f + skip <= n] (n = len(overlaps)):
+    - no failure at all: one row = the overlaps as they are (NaN kept), NaN-extended, weight 1;
+    - otherwise (even when every failure lies in the last `skip` frames, so P = [0]): every segment's NaN -> 0;
+      segment k < last = o[P_k .. P_k+1] (inclusive of the re-init frame), zero-extended; the last = o[P_last:],
+      NaN-extended. This is where the old code differed: it took "P = [0]" for "no failure" and kept the NaN of
+      a failure in the last 4 frames (and of the skipped frames after it), so those frames did not count as 0.
+
+    Upstream quirks reproduced on purpose (they change the numbers, and EAO must equal pysot's):
+    - fragment weights are "the fraction of `all`-tagged frames" of the fragment's range, but the numerator
+      slices the tag list (length G) while the denominator is the nominal range length. Segment k < last has the
+      range [P_k, P_k+1 + 1): when a failure at f = G - skip puts a split point at P_k+1 = G (the re-init would
+      be one frame past the end), that range is cut short at G and the weight is (G - P_k) / (G - P_k + 1), not
+      1; the empty fragment that "starts" at G has weight 0 (and no values). The last segment's weight is
+      (min(n, G) - P_last) / (G - P_last + 1e-16): 1 for a complete result file, < 1 for a truncated one;
+    - a no-failure row keeps its NaN, so a marker inside it (not produced by the protocol) makes every later
+      Phi[i] it takes part in NaN (EAO then skips those lengths, as pysot's `is_valid` does);
+    - Phi is stored in a float32 array upstream: the curve is rounded to float32 (kept as float64 here, so the
+      EAO mean over it is taken in float64 as upstream's is).
+    The common factor 1/runs (pysot's `seq_weight`) cancels and is left out."""
+    n_seq = len(overlaps_list)
+    lens = np.array([len(o) for o in overlaps_list], np.int64)
+    gts = lens if gt_lengths is None else np.asarray(gt_lengths, np.int64)
+    max_len = int(lens.max(initial=0))
     curve = np.zeros(max_len)
-    if not rows or max_len == 0:
+    if n_seq == 0 or max_len == 0:
         return curve
-    frag = np.array(rows)
-    # mean(row[1..i]) for every i at once: cumulative sums over columns 1.. (NaN-extended tails are masked by
-    # the "column i is non-NaN" rule, so they never enter a sum that is used).
-    vals = np.nan_to_num(frag[:, 1:], nan=0.0)
-    means = np.cumsum(vals, axis=1) / np.arange(1, max_len)
-    present = ~np.isnan(frag[:, 1:])
-    counts = present.sum(axis=0)
-    sums = np.where(present, means, 0.0).sum(axis=0)
+    # Per fragment: sequence, start, copied length, NaN->0?, tail fill (0 or NaN), weight.
+    seq_i, starts, ncopy, zero_nan, zero_tail, weights = [], [], [], [], [], []
+    for s, (flags, n, g) in enumerate(zip(flags_list, lens, gts, strict=True)):
+        fails = np.flatnonzero(np.asarray(flags) == FAILURE)
+        if fails.size == 0:
+            pts, sizes, wts, failed = np.zeros(1, np.int64), np.array([n]), np.ones(1), False
+        else:
+            pts = np.r_[0, fails[fails + skip <= n] + skip]
+            nxt = pts[1:]  # segments k < last end at the next split point, inclusive
+            sizes = np.r_[np.minimum(nxt + 1, n) - pts[:-1], n - pts[-1]]
+            wts = np.r_[(np.minimum(nxt + 1, g) - pts[:-1]) / (nxt - pts[:-1] + 1),
+                        max(min(n, g) - pts[-1], 0) / (g - pts[-1] + 1e-16)]
+            failed = True
+        seq_i.append(np.full(len(pts), s))
+        starts.append(pts)
+        ncopy.append(sizes)
+        weights.append(wts)
+        zero_nan.append(np.full(len(pts), failed))
+        zero_tail.append(np.r_[np.full(len(pts) - 1, failed), False])
+    seq_i, starts, ncopy = (np.concatenate(a).astype(np.int64) for a in (seq_i, starts, ncopy))
+    zero_nan, zero_tail = np.concatenate(zero_nan), np.concatenate(zero_tail)
+    w = np.concatenate(weights).astype(np.float64)
+    # Scatter every fragment's values into one (fragments, M) matrix at once.
+    flat = np.concatenate([np.asarray(o, np.float64) for o in overlaps_list])
+    offsets = np.r_[0, np.cumsum(lens)[:-1]]
+    rows = np.repeat(np.arange(len(w)), ncopy)
+    cols = np.arange(int(ncopy.sum())) - np.repeat(np.cumsum(ncopy) - ncopy, ncopy)
+    vals = flat[np.repeat(offsets[seq_i] + starts, ncopy) + cols]
+    vals = np.where(np.repeat(zero_nan, ncopy) & np.isnan(vals), 0.0, vals)
+    frag = np.repeat(np.where(zero_tail, 0.0, np.nan)[:, None], max_len, axis=1)
+    frag[rows, cols] = vals
+    # mean(row[1..i]) for every i at once (column 0, the init frame, is excluded). A NaN tail never enters a
+    # used sum (its columns are not "present"); an interior NaN of a no-failure row propagates, as upstream.
+    body = frag[:, 1:]
+    present = ~np.isnan(body)
+    means = np.cumsum(body, axis=1) / np.arange(1, max_len)
+    num = np.where(present, w[:, None] * means, 0.0).sum(axis=0)
+    den = np.where(present, w[:, None], 0.0).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        curve[1:] = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        curve[1:] = np.where(present.any(axis=0), num / den, 0.0)
     curve[0] = 1.0
-    return curve
+    return curve.astype(np.float32).astype(np.float64)
 
 
 # -- benchmark --------------------------------------------------------------------------------------------
