@@ -35,7 +35,7 @@ class TrackerConfig:
     scales: tuple[float, ...] = (8.0,)
 
     # keys a published run's `config` table may carry that are not tracker values
-    NON_TRACKER_KEYS = frozenset({"dataset", "graphs"})
+    NON_TRACKER_KEYS = frozenset({"dataset", "graphs", "epoch"})  # epoch: which snapshot a training row is
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any], *, source: str = "config") -> TrackerConfig:
