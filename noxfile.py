@@ -1,5 +1,7 @@
 """The zoo's tasks. `nox -l` is the menu; a bare `nox` runs lint and tests.
 
+Every bundle builds from its own bundles/<bundle>/Dockerfile; the steps they share are copies of the blocks in
+docker/shared-steps.Dockerfile (`nox -s dockerfiles` rewrites them; `lint` and the tests fail while one differs).
 Image sessions (images, <bundle>, bench) need a running Docker engine with BuildKit (Docker >= 20.10) and the
 wheelhouse (`nox -s wheelhouse`, collected automatically by them). Base image: `$ZOO_BASE_IMAGE` when set;
 else the manifest's real base image (`python:3.11-slim`, digest-pinned once docker/base-images.lock records
@@ -21,7 +23,7 @@ nox.options.sessions = ["lint", "tests"]
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from common import images  # noqa: E402  (standard library only: importable by nox's own interpreter)
+from common import dockerfiles, images  # noqa: E402  (standard library only: importable by nox's own interpreter)
 
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 BUNDLES = sorted(p.parent.name for p in (ROOT / "bundles").glob("*/manifest.toml"))
@@ -37,9 +39,21 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Run the linter (ruff check)."""
+    """Run the linter (ruff check), then check every bundle Dockerfile (shared blocks, targets, user, pins)."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", *(session.posargs or ["."]))
+    problems = [p for found in dockerfiles.check_all().values() for p in found]
+    if problems:
+        session.error("bundle Dockerfiles:\n" + "\n".join(problems))
+    session.log(f"bundle Dockerfiles: {len(BUNDLES)} checked against docker/shared-steps.Dockerfile and the manifests")
+
+
+@nox.session(name="dockerfiles", python=False, default=False)
+def sync_dockerfiles(session: nox.Session) -> None:
+    """Rewrite the shared blocks of every bundles/*/Dockerfile from docker/shared-steps.Dockerfile."""
+    for path in sorted((ROOT / "bundles").glob("*/Dockerfile")):
+        changed = dockerfiles.sync_dockerfile(path)
+        session.log(f"{path.relative_to(ROOT)}: {'rewritten' if changed else 'up to date'}")
 
 
 @nox.session(python=False, default=False)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from common.errors import CheckpointError, InputError
+from common.upstream import UpstreamKeys
 
 
 def load_checkpoint(path: str | Path, *, safe_globals: Iterable[Any] = ()) -> Mapping[str, Any]:
@@ -32,11 +33,19 @@ def load_checkpoint(path: str | Path, *, safe_globals: Iterable[Any] = ()) -> Ma
     return obj
 
 
-def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> None:
-    """Load with every key and shape required to match; the error lists missing, unexpected and mis-shaped keys
-    (upstream loaders that silently drop keys hide a wrong checkpoint behind a plausible-looking result)."""
+def load_strict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    upstream: UpstreamKeys | None = None,
+) -> None:
+    """Load with every key and shape required to match; the error lists missing (with the shape expected),
+    unexpected and mis-shaped keys (upstream loaders that silently drop keys hide a wrong checkpoint behind a
+    plausible-looking result). `upstream`, the bundle's upstream key list, is named in the error: the model's keys
+    are the upstream ones (the bundle tests hold them equal), so a missing key is the upstream key the file lacks."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    missing = [f"{k} {tuple(v.shape)}" for k, v in expected.items() if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
@@ -49,6 +58,8 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sou
             if items:
                 shown = ", ".join(items[:12]) + (f", ... ({len(items)} total)" if len(items) > 12 else "")
                 parts.append(f"{len(items)} {label}: {shown}")
+        if upstream is not None:
+            parts.append(f"upstream keys: {upstream.reference()}")
         raise CheckpointError(source, "keys do not match the model; " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
 

@@ -83,14 +83,29 @@ def demo(bundle: str, out_dir: Path | None, **kw) -> None:
 @main.command("eval")
 @click.argument("bundle", type=BUNDLE)
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), help="Dataset root (the real layout).")
-@click.option("--weights", type=click.Path(path_type=Path), help="Published checkpoint.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Published checkpoint (or, with --epochs, a "
+              "training run's snapshot folder).")
+@click.option("--epochs", help="Training bundles: evaluate snapshots checkpoint_e<N>.pth for N in e.g. 11-20 or "
+              "10,19,20 and write a table (snapshots.md).")
 @_eval_options
-def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, out_dir: Path | None, **kw) -> None:
+def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, epochs: str | None, out_dir: Path | None,
+             **kw) -> None:
     """Evaluate on the real dataset and verify against the published numbers.
 
     With neither --data nor --weights and nothing fetched into the cache, runs the demo instead and says so."""
     from common.bundle import load_bundle
     from common.fetch import default_cache_dir
+
+    if epochs is not None:
+        from common.pipeline import EvalOptions, evaluate_snapshots, parse_epochs, snapshot_files
+
+        if weights is None or data_dir is None:
+            raise ZooError("--epochs needs --weights (the snapshot folder) and --data")
+        files = snapshot_files(weights, parse_epochs(epochs))
+        opts = EvalOptions(bundle=bundle, out_dir=out_dir or _default_out(bundle, False), data_dir=data_dir, **kw)
+        reports, table = evaluate_snapshots(opts, files)
+        click.echo(table.read_text())
+        sys.exit(max(r.exit_code for r in reports))
 
     for label, path in (("--data", data_dir), ("--weights", weights)):
         if path is not None and not path.exists():
@@ -269,9 +284,22 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
               help="Synthetic items per end-to-end measurement.")
 @click.option("--warmup", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--iters", type=click.IntRange(1), default=10, show_default=True)
+@click.option("--processes", type=click.IntRange(1), default=2, show_default=True,
+              help="Training bundles: also measure the loop with this many processes (torchrun).")
+@click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
+              help="Training bundles: DataLoader workers per process.")
 def bench(bundle: str, backend: str, device: str, batch_sizes: str | None, images: int, warmup: int,
-          iters: int) -> None:
-    """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed."""
+          iters: int, processes: int, workers: int) -> None:
+    """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed.
+    Training bundles: training pairs/s (pure step, data pipeline alone, end to end on 1 and N processes);
+    --batch-sizes is then the per-process batch [2]."""
+    if bundle_manifest(bundle).bundle.task == "training":
+        from importlib import import_module
+
+        bench_mod = import_module(f"bundles.{bundle}.bench")
+        bench_mod.run_training_bench(batch_size=int(batch_sizes or 2), steps=iters, processes=processes,
+                                     device=device, workers=workers)
+        return
     from common.bench import run_bench
 
     sizes = ([int(x) for x in batch_sizes.split(",")] if batch_sizes

@@ -154,7 +154,8 @@ def diagnose(
                 "CANN environment",
                 False,
                 f"no CANN toolkit ({set_env} not found, ASCEND_TOOLKIT_HOME unset)",
-                "use the bundle's Ascend image (docker build --target ascend), built on a CANN 8.x image",
+                "use the bundle's Ascend image (docker build -f bundles/<bundle>/Dockerfile --target ascend .), "
+                "built on a CANN 8.x image",
             )
         )
 

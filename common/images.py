@@ -1,11 +1,13 @@
 """Build, check and run the bundle images: helpers for ``noxfile.py`` and the tests (standard library only).
 
-The images are built from the repository root with ``docker/Dockerfile`` and ``--build-arg ZOO_BUNDLE``.
-Third-party packages come from a wheelhouse (``wheelhouse/`` in the build context, bind-mounted for the one
-pip step), so builds run offline and the pip layer is reused until ``requirements.txt`` changes. The zoo
-itself is installed from the context in the last layer, so a code-only change rebuilds in seconds.
+Each bundle's image is built from the repository root with its own ``bundles/<bundle>/Dockerfile`` (targets
+``cpu`` and ``ascend``; the steps they share are checked copies of ``docker/shared-steps.Dockerfile``, see
+common/dockerfiles.py). Third-party packages come from a wheelhouse (``wheelhouse/`` in the build context,
+bind-mounted for the one pip step), so builds run offline and the pip layer is reused until
+``requirements.txt`` changes. The zoo itself is installed from the context in the last layers, so a code-only
+change rebuilds in seconds.
 
-Base images: the Dockerfile's default is the real one of the manifest (``pinned_env.base_image``), pinned by
+Base images: each Dockerfile's default is the real one of its manifest (``pinned_env.base_image``), pinned by
 digest once ``docker/base-images.lock`` records one. Where no registry is reachable, ``ensure_base_image``
 builds a local stand-in with ``docker/make-base-image.sh`` (debootstrap) and the lock says it is local.
 """
@@ -29,7 +31,6 @@ from common.errors import ZooError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLES_DIR = REPO_ROOT / "bundles"
-DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"  # one Dockerfile, the bundle is a build argument
 WHEELHOUSE = REPO_ROOT / "wheelhouse"  # the Dockerfiles bind-mount exactly this directory of the context
 BASE_LOCK = REPO_ROOT / "docker" / "base-images.lock"
 MAKE_BASE_IMAGE = REPO_ROOT / "docker" / "make-base-image.sh"
@@ -74,6 +75,11 @@ def image_tag(bundle: str, target: str = "cpu") -> str:
     return f"zoo/{bundle}:{target}"
 
 
+def dockerfile_path(bundle: str) -> Path:
+    """``bundles/<bundle>/Dockerfile``: every bundle builds from its own."""
+    return BUNDLES_DIR / bundle / "Dockerfile"
+
+
 # ------------------------------------------------------------------------------------------------- manifest
 
 
@@ -99,6 +105,14 @@ def _require_image_files(bundle: str) -> None:
     path = requirements_path(bundle)
     if not path.is_file():
         raise ImageError(f"{path} is missing: a bundle image needs its exact pins in requirements.txt")
+
+
+def _require_dockerfile(bundle: str) -> Path:
+    path = dockerfile_path(bundle)
+    if not path.is_file():
+        raise ImageError(f"{path} is missing: every bundle builds its image from its own Dockerfile "
+                         "(copy one of another bundle's and adapt its pins; see the README's Containers section)")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ wheelhouse
@@ -335,32 +349,30 @@ def build_image(
     lock: Path = BASE_LOCK,
     quiet: bool = False,
 ) -> str:
-    """``docker build`` one bundle image (BuildKit) with the OCI/zoo labels; return its tag.
+    """``docker build`` one bundle image (BuildKit) from ``bundles/<bundle>/Dockerfile``; return its tag.
 
     ``base_image`` None means the manifest's (digest-pinned when locked). ``ca_bundle`` is handed to the
     build as the BuildKit secret ``ca`` (used by pip only for online builds; never stored in a layer).
     What the base image resolved to is recorded in ``lock``. ``quiet`` captures the build log and shows
-    it only on failure.
+    it only on failure. The pins, upstream commit and entrypoint are the Dockerfile's own; only what a file
+    cannot know is passed: the base image with its recorded digest, the zoo revision and the manifest hash.
     """
     _require_image_files(bundle)
+    dockerfile = _require_dockerfile(bundle)
     if Path(wheelhouse).resolve() != WHEELHOUSE.resolve():
         raise ImageError(f"the Dockerfiles bind-mount {WHEELHOUSE} from the build context; got {wheelhouse}")
     check_wheelhouse(requirements_path(bundle), wheelhouse)
-    data, manifest_sha = _manifest(bundle)
+    _, manifest_sha = _manifest(bundle)
     base = base_image or default_base_image(bundle, target, lock)
     tag = tag or image_tag(bundle, target)
     revision = _git("rev-parse", "HEAD") or "unknown"
     build_args = {
         "BASE_IMAGE" if target == "cpu" else "ASCEND_BASE_IMAGE": base,
-        "ZOO_BUNDLE": bundle,
         "ZOO_REVISION": revision,
         "ZOO_SOURCE": _git("remote", "get-url", "origin") or "unknown",
         "MANIFEST_SHA256": manifest_sha,
-        "UPSTREAM_COMMIT": data.get("upstream", {}).get("commit", "unknown"),
     }
-    if target != "cpu" and data.get("pinned_env", {}).get("ais_bench_commit"):
-        build_args["AIS_BENCH_COMMIT"] = data["pinned_env"]["ais_bench_commit"]
-    cmd = [docker_bin(), "build", "--progress=plain", "-f", str(DOCKERFILE), "--target", target]
+    cmd = [docker_bin(), "build", "--progress=plain", "-f", str(dockerfile), "--target", target]
     cmd += ["-t", tag]
     for k, v in build_args.items():
         cmd += ["--build-arg", f"{k}={v}"]

@@ -224,3 +224,61 @@ def _ground_truth_digest(run_dir: Path) -> str:
         h.update(p.name.encode())
         h.update(file_digest(p).encode())
     return h.hexdigest()
+
+
+def parse_epochs(text: str) -> list[int]:
+    """'11-20' / '10,19,20' / '19' -> sorted epochs; a clear error otherwise."""
+    epochs: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ZooError(f"--epochs {text!r}: expected N, N-M or a comma list of them") from None
+        if a < 0 or b < a:
+            raise ZooError(f"--epochs {text!r}: empty or negative range {part!r}")
+        epochs.update(range(a, b + 1))
+    return sorted(epochs)
+
+
+def snapshot_files(weights: Path, epochs: list[int]) -> dict[int, Path]:
+    """checkpoint_e<N>.pth for each epoch in a snapshot folder (or a training run directory holding snapshot/);
+    every missing one is named."""
+    folder = weights / "snapshot" if (weights / "snapshot").is_dir() else weights
+    if not folder.is_dir():
+        raise InputError(weights, "--epochs needs --weights to be a snapshot folder (or a training run directory)")
+    files = {e: folder / f"checkpoint_e{e}.pth" for e in epochs}
+    missing = [p.name for p in files.values() if not p.is_file()]
+    if missing:
+        raise InputError(folder, f"missing snapshot(s): {', '.join(missing)}")
+    return files
+
+
+def evaluate_snapshots(opts: EvalOptions, snapshots: dict[int, Path]) -> tuple[list[RunReport], Path]:
+    """Evaluate each snapshot into `<out>/e<N>` (each with its own report and verdict against the selected
+    published run) and write `<out>/snapshots.md` + `.json`: one row per epoch, best EAO marked (pysot TRAIN.md
+    selects the best snapshot this way)."""
+    import json
+    from dataclasses import replace
+
+    reports = []
+    for epoch, path in snapshots.items():
+        log.info("snapshot e%d: %s", epoch, path)
+        reports.append(evaluate(replace(opts, weights=path, out_dir=opts.out_dir / f"e{epoch}")))
+    rows = [{"epoch": e, "weights": str(p), "verdict": r.verdict, **r.metrics}
+            for (e, p), r in zip(snapshots.items(), reports, strict=True)]
+    keys = [k for k in ("accuracy", "robustness", "lost", "eao") if all(k in row for row in rows)]
+    best = max(rows, key=lambda row: row.get("eao", float("-inf")))["epoch"] if rows else None
+    run = load_bundle(opts.bundle).manifest.run(opts.published_run)
+    lines = [f"# {opts.bundle}: snapshots vs `{run.name}` ({run.source})", "",
+             "| epoch | " + " | ".join(keys) + " | verdict |", "|---" * (len(keys) + 2) + "|"]
+    for row in rows:
+        mark = " (best EAO)" if row["epoch"] == best else ""
+        lines.append(f"| e{row['epoch']}{mark} | " + " | ".join(f"{row[k]:.3f}" for k in keys)
+                     + f" | {row['verdict']} |")
+    lines += ["", "published: " + ", ".join(f"{m.name} {m.value}" for m in run.metrics)]
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    (opts.out_dir / "snapshots.json").write_text(json.dumps({"published_run": run.name, "rows": rows}, indent=1))
+    table = opts.out_dir / "snapshots.md"
+    table.write_text("\n".join(lines) + "\n")
+    return reports, table

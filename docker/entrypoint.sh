@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Entrypoint of every zoo image (installed as /usr/local/bin/zoo-entrypoint).
 #
-#   docker run IMAGE [eval|demo|bench|fetch] [ARGS...]   zoo <cmd> $ZOO_BUNDLE [--out /out/<run>] ARGS...
+#   docker run IMAGE [eval|demo|train|bench|fetch] [ARGS...]
+#                                                        zoo <cmd> $ZOO_BUNDLE [--out /out/<run>] ARGS...
 #                                                        (no command, or options only: eval)
 #   docker run IMAGE doctor [ARGS...]                    zoo doctor ARGS...  (NPU readiness + docker run line)
 #   docker run IMAGE COMMAND...                          any other command, e.g. bash, zoo verify /out/<run>
@@ -55,7 +56,7 @@ shift
 case "$cmd" in
   doctor)
     exec zoo doctor "${@:-$ZOO_BUNDLE}" ;;
-  eval|demo)
+  eval|demo|train)
     require_out
     check_data "$@"
     # One run directory per run under /out, named as `zoo` names them; the cache /out/.cache is shared.

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.upstream import UPSTREAM_KEYS_FILE, UpstreamKeys, read_upstream_keys
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spec_keys_file(name: str) -> Path:
-    """shared/specs/keys/<name>: beside the checkout (how CI lays it out) or inside it. The upstream key lists are
-    the contract the models are tested against, so callers fail (never skip) when the file is absent."""
-    for base in (ROOT.parent / "shared", ROOT / "shared"):
-        if (base / "specs" / "keys" / name).is_file():
-            return base / "specs" / "keys" / name
-    return ROOT.parent / "shared" / "specs" / "keys" / name
+def upstream_keys(bundle: str) -> UpstreamKeys:
+    """bundles/<bundle>/upstream_keys.json: the upstream state_dict the bundle's model is tested against. It ships
+    with the bundle (no file outside the repository is read), so a missing or malformed list fails, never skips."""
+    return read_upstream_keys(ROOT / "bundles" / bundle / UPSTREAM_KEYS_FILE)
 
 
 def import_oracle(module: str):

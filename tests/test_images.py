@@ -1,5 +1,6 @@
-"""The bundle CPU images, built from the wheelhouse and run with Docker (marker ``docker``): refinedet in depth,
-every other bundle built and its demo evaluation run.
+"""The bundle CPU images, each built from its own bundles/<b>/Dockerfile with the wheelhouse and run with Docker
+(marker ``docker``): refinedet in depth, every other bundle with a manifest built, its user and labels checked and
+its demo evaluation run.
 
 Without a Docker engine these tests skip, except under CI=true, where they fail: CI must test the images.
 The image is built once per module (base image via docker/make-base-image.sh when no registry is reachable),
@@ -113,17 +114,22 @@ def test_eval_writes_a_demo_report_on_the_host(image, tmp_path):
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 900)
 @pytest.mark.parametrize("bundle", OTHER_BUNDLES)
 def test_every_bundle_image_builds_and_its_eval_writes_a_demo_report(image, bundle, tmp_path):
-    """Same Dockerfile and pins as refinedet: only the last layers rebuild; the container's demo must pass."""
+    """Its own Dockerfile, the same shared steps and pins as refinedet: only the last layers rebuild; the image
+    runs as a non-root user, names its bundle and upstream commit, and its demo must pass."""
     lock = tmp_path / "base-images.lock"
     images.collect_wheelhouse(bundle)
     tag = images.build_image(bundle, base_image=images.ensure_base_image(bundle, lock=lock), lock=lock, quiet=True)
+    r = _docker("run", "--rm", tag, "id", "-u")
+    assert r.returncode == 0 and r.stdout.strip() != "0", r.stdout + r.stderr
     out = tmp_path / "out"
     r = images.run_image(tag, ["eval"], out_dir=out, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((images.latest_run_dir(out) / "report.json").read_text())
     assert (report["bundle"], report["mode"], report["verdict"]) == (bundle, "demo", "DEMO-PASS")
     labels = json.loads(_docker("image", "inspect", "--format", "{{json .Config.Labels}}", tag).stdout)
+    manifest = tomllib.loads((images.BUNDLES_DIR / bundle / "manifest.toml").read_text())
     assert labels["zoo.bundle"] == bundle
+    assert labels["zoo.upstream.commit"] == manifest["upstream"]["commit"]
 
 
 def test_read_only_out_is_one_clear_line(image, tmp_path):

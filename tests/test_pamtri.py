@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import spec_keys_file
+from conftest import upstream_keys
 
 from bundles.pamtri import data
 from bundles.pamtri.bundle import BUNDLE, FEATURES, GROUND_TRUTH
@@ -26,20 +26,19 @@ from bundles.pamtri.model import (
 from common.checkpoint import random_state_dict
 from common.errors import CheckpointError, InputError
 from common.imageio import load_image_bgr
+from common.upstream import UpstreamKeys
 
 pytestmark = pytest.mark.timeout(600)
 
-KEYS_JSON = spec_keys_file("pamtri_densenet121_multitask.json")
 NUM_PARAMS = 9_652_178
 SPEC_PIXEL_BGR = (10, 20, 30)
 SPEC_PIXEL_NORMALISED = (-1.6041614, -1.6855742, -1.6301525)  # spec §2 test vector, RGB order
 
 
 @pytest.fixture(scope="module")
-def spec() -> dict:
-    if not KEYS_JSON.is_file():  # the spec travels beside the repo; the key list is the contract
-        pytest.fail(f"{KEYS_JSON} missing: the upstream key list is needed to test strict loading")
-    return json.loads(KEYS_JSON.read_text())
+def spec() -> UpstreamKeys:
+    """The upstream key list shipped with the bundle (bundles/pamtri/upstream_keys.json)."""
+    return upstream_keys("pamtri")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def spec_state_dict(spec) -> dict[str, torch.Tensor]:
     """Random tensors built from the spec's key list (not from our model), like the released file."""
     gen = torch.Generator().manual_seed(1)
     out = {}
-    for k, shape in spec["shapes"].items():
+    for k, shape in spec.shapes.items():
         if k.endswith("num_batches_tracked"):
             out[k] = torch.tensor(7, dtype=torch.long)
         elif k.endswith("running_var"):
@@ -84,11 +83,12 @@ def _copy_veri(veri: Path, dst: Path) -> Path:
 # -- model -----------------------------------------------------------------------------------------------------
 def test_state_dict_matches_the_spec_key_list_in_order(spec):
     sd = MultiTaskDenseNet121().state_dict()
-    assert list(sd) == list(spec["shapes"]) and len(sd) == spec["num_keys"] == 737
-    assert {k: list(v.shape) for k, v in sd.items()} == spec["shapes"]
-    assert [k for k in sd if k.endswith("num_batches_tracked")] == spec["num_batches_tracked"]
+    assert list(sd) == spec.keys and len(sd) == 737
+    assert {k: tuple(v.shape) for k, v in sd.items()} == spec.shapes
+    assert {k: str(v.dtype).removeprefix("torch.") for k, v in sd.items()} == spec.dtypes
+    assert [k for k in sd if k.endswith("num_batches_tracked")] == spec.num_batches_tracked
     assert sum(p.numel() for p in MultiTaskDenseNet121().parameters()) == NUM_PARAMS
-    assert list(OUTPUT_NAMES) == spec["outputs"]
+    assert tuple(OUTPUT_NAMES) == spec.outputs
 
 
 def test_outputs_order_shapes_and_the_embedding_definition(model):

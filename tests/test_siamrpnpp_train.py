@@ -216,3 +216,42 @@ def test_demo_trains_two_processes_resumes_and_evaluates(tmp_path: Path) -> None
     assert [x["step"] for x in log] == [1, 2, 3, 4, 5, 6]
     assert {"total_loss", "cls_loss", "loc_loss", "lr_neck", "pairs_per_s", "data_wait_s"} <= log[0].keys()
     assert report["artifacts"]["weights"]["path"].endswith("checkpoint_e3.pth")
+
+
+# -- snapshot evaluation -------------------------------------------------------------------------------------
+def test_epoch_ranges_and_missing_snapshots_are_named(tmp_path: Path) -> None:
+    from common.errors import ZooError
+    from common.pipeline import parse_epochs, snapshot_files
+
+    assert parse_epochs("11-13,19,20") == [11, 12, 13, 19, 20]
+    with pytest.raises(ZooError, match="--epochs"):
+        parse_epochs("11-x")
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "checkpoint_e11.pth").write_bytes(b"")
+    with pytest.raises(InputError, match="checkpoint_e12.pth"):
+        snapshot_files(tmp_path, [11, 12])
+
+
+@pytest.mark.slow
+def test_eval_epochs_writes_a_snapshot_table(tmp_path: Path) -> None:
+    """Two upstream-format snapshots through `zoo eval --epochs` on one synthetic VOT sequence: a report per
+    snapshot (verdict vs the 8p e19 row, tracker values recorded) and the table."""
+    from bundles.siamrpn.model import random_state_dict
+    from common.tracking.data import make_synthetic_vot
+
+    snaps = tmp_path / "train" / "snapshot"
+    snaps.mkdir(parents=True)
+    for e in (19, 20):
+        torch.save({"epoch": e, "state_dict": random_state_dict(e), "optimizer": {}}, snaps / f"checkpoint_e{e}.pth")
+    data = make_synthetic_vot(tmp_path / "VOT2016", sequences=1, frames=12, seed=1)
+    r = subprocess.run([sys.executable, "-m", "common", "eval", "siamrpnpp", "--weights", str(tmp_path / "train"),
+                        "--epochs", "19-20", "--data", str(data), "--out", str(tmp_path / "out"),
+                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stdout + r.stderr  # random weights cannot meet the published row
+    table = json.loads((tmp_path / "out" / "snapshots.json").read_text())
+    assert table["published_run"] == "npu8p_e19_torch18"
+    assert [row["epoch"] for row in table["rows"]] == [19, 20]
+    for e in (19, 20):
+        cfg = json.loads((tmp_path / "out" / f"e{e}" / "tracker_config.json").read_text())
+        assert cfg["tracker"]["penalty_k"] == 0.04 and cfg["tracker"]["lr"] == 0.33
+    assert "| e19" in (tmp_path / "out" / "snapshots.md").read_text()

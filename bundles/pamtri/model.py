@@ -242,6 +242,7 @@ def pamtri_densenet121(
     filtered) when given. Only missing ``num_batches_tracked`` counters are tolerated; any other missing,
     unexpected or mis-shaped key raises CheckpointError listing them."""
     from common.checkpoint import load_strict
+    from common.upstream import bundle_upstream_keys
 
     model = MultiTaskDenseNet121()
     if state_dict is not None:
@@ -250,5 +251,5 @@ def pamtri_densenet121(
         if added:
             log.warning("%s: %d BatchNorm num_batches_tracked counters absent (pre-0.4.1 checkpoint), set to 0; "
                         "unused in eval", source, len(added))
-        load_strict(model, sd, source=source)
+        load_strict(model, sd, source=source, upstream=bundle_upstream_keys("pamtri"))
     return model.eval()

@@ -42,7 +42,9 @@ class RefineDetBundle(Bundle):
     name = "refinedet"
 
     def build_model(self, weights: Path | None) -> nn.Module:
-        return refinedet320(None if weights is None else load_checkpoint(weights))
+        if weights is None:
+            return refinedet320()
+        return refinedet320(load_checkpoint(weights), source=str(weights))
 
     # -- data --------------------------------------------------------------------------------------------------
     def make_demo(self, root: Path, *, seed: int = 0, size: int | None = None) -> DemoAssets:

@@ -149,11 +149,16 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
 
 
-def refinedet320(state_dict: Mapping[str, torch.Tensor] | None = None) -> RefineDet:
-    """RefineDet320 for VOC (21 classes) in eval mode; strict load of `state_dict` when given."""
+def refinedet320(
+    state_dict: Mapping[str, torch.Tensor] | None = None, *, source: str = "RefineDet320 checkpoint"
+) -> RefineDet:
+    """RefineDet320 for VOC (21 classes) in eval mode; strict load of `state_dict` when given (`source` names it
+    in errors)."""
     from common.checkpoint import load_strict
+    from common.upstream import bundle_upstream_keys
 
     model = RefineDet()
     if state_dict is not None:
-        load_strict(model, checkpoint_filter_fn(state_dict), source="RefineDet320 checkpoint")
+        load_strict(model, checkpoint_filter_fn(state_dict), source=source,
+                    upstream=bundle_upstream_keys("refinedet"))
     return model.eval()

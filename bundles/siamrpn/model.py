@@ -265,10 +265,12 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
 def siamrpn_r50_l234(state_dict: Mapping[str, torch.Tensor] | None = None, *, source: str = "checkpoint") -> SiamRPN:
     """siamrpn_r50_l234_dwxcorr in eval mode; strict load of `state_dict` when given (`source` names it in errors)."""
     from common.checkpoint import load_strict
+    from common.upstream import bundle_upstream_keys
 
     model = SiamRPN()
     if state_dict is not None:
-        load_strict(model, checkpoint_filter_fn(state_dict, model), source=source)
+        load_strict(model, checkpoint_filter_fn(state_dict, model), source=source,
+                    upstream=bundle_upstream_keys("siamrpn"))
     return model.eval()
 
 

@@ -290,12 +290,14 @@ class PairChoice(NamedTuple):
 _cv2_single_thread_pid: int | None = None
 
 
-def _single_thread_cv2_in_worker() -> None:
-    """In a DataLoader worker, run OpenCV single-threaded (the workers are the parallelism; nested thread pools
-    only oversubscribe the cores). Once per process; the main process's setting is left alone."""
+def _single_thread_cv2() -> None:
+    """Run OpenCV single-threaded in every process that loads pairs, the main process included, before its first
+    OpenCV call. Two reasons: DataLoader workers are the parallelism (nested pools only oversubscribe the cores),
+    and a process whose OpenCV thread pool has started cannot safely fork: a DataLoader worker forked after the
+    parent decoded one pair deadlocks in its first OpenCV call (seen here with OpenCV 5.0)."""
     global _cv2_single_thread_pid
     pid = os.getpid()
-    if _cv2_single_thread_pid != pid and torch.utils.data.get_worker_info() is not None:
+    if _cv2_single_thread_pid != pid:
         cv2.setNumThreads(1)
         _cv2_single_thread_pid = pid
 
@@ -365,7 +367,7 @@ class TrainPairs(torch.utils.data.Dataset):
         return image, crop_box(ix.tracks[ref.video][ref.track].boxes[ref.position], image.shape)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        _single_thread_cv2_in_worker()
+        _single_thread_cv2()
         rng = self.item_rng(index)
         choice = self._choose(rng, index)
         template_image, template_box = self._load(choice.template)
