@@ -119,6 +119,28 @@ def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, epochs: s
     _run(bundle, False, out_dir, data_dir=data_dir, weights=weights, **kw)
 
 
+@main.command()
+@click.argument("bundle", type=BUNDLE)
+@click.option("--dataset", required=True, help="Which raw dataset (siamrpnpp: vid, yt_bb, coco, det).")
+@click.option("--raw", "raw_root", type=click.Path(path_type=Path), required=True,
+              help="The raw dataset in its standard layout.")
+@click.option("--out", "out_root", type=click.Path(path_type=Path), required=True,
+              help="The training-data base (e.g. training_dataset/): <out>/<dataset>/crop511 + JSON.")
+@click.option("--workers", type=click.IntRange(1), help="Processes [all cores; $ZOO_WORKERS].")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N videos/images of each split (smoke runs).")
+def curate(bundle: str, dataset: str, raw_root: Path, out_root: Path, workers: int | None,
+           limit: int | None) -> None:
+    """Training bundles: crop a raw dataset into the training crops + index (parallel, resumable; skipped items are
+    named in <out>/<dataset>/curation_report.json)."""
+    from importlib import import_module
+
+    if bundle_manifest(bundle).bundle.task != "training":
+        raise ZooError(f"{bundle} is an inference bundle: nothing to curate")
+    report = import_module(f"bundles.{bundle}.curate").curate(dataset, raw_root, out_root, workers=workers,
+                                                               limit=limit)
+    click.echo(report.summary())
+
+
 def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for v in values:

@@ -255,3 +255,19 @@ def test_eval_epochs_writes_a_snapshot_table(tmp_path: Path) -> None:
         cfg = json.loads((tmp_path / "out" / f"e{e}" / "tracker_config.json").read_text())
         assert cfg["tracker"]["penalty_k"] == 0.04 and cfg["tracker"]["lr"] == 0.33
     assert "| e19" in (tmp_path / "out" / "snapshots.md").read_text()
+
+
+def test_zoo_curate_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bundles.siamrpnpp.synthetic import make_synthetic_raw
+    from common.cli import main
+
+    raw = make_synthetic_raw(tmp_path / "raw")
+    r = CliRunner().invoke(main, ["curate", "siamrpnpp", "--dataset", "coco", "--raw", str(raw["coco"]), "--out",
+                                  str(tmp_path / "td"), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "coco:" in r.output and (tmp_path / "td" / "coco" / "train2017.json").is_file()
+    r = CliRunner().invoke(main, ["curate", "siamrpn", "--dataset", "coco", "--raw", str(raw["coco"]), "--out",
+                                  str(tmp_path / "td")])
+    assert r.exit_code != 0 and "inference bundle" in str(r.exception)
