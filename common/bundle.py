@@ -129,6 +129,11 @@ class Bundle(ABC):
     def export_predictions(self, run_dir: Path) -> None:  # noqa: B027 - optional hook, no-op by default
         """Write reviewer-facing copies of the predictions in upstream's own format (optional; after `score`)."""
 
+    def extra_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
+        """Checks of a real run beyond the published-metric comparison (e.g. that what was evaluated is what the
+        published number is for)."""
+        return []
+
     def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
         """Metric sanity checks that are honest on synthetic data (e.g. ground truth scored as predictions)."""
         return []

@@ -227,6 +227,13 @@ def _train_here(bundle: str, out_dir: Path, device: str, overrides: dict[str, st
         click.echo(f"error: rank {rank}: {type(e).__name__}: {e}", err=True)
         raise
     if rank == "0":
+        import json
+
+        from common.training.loop import SUMMARY_FILE
+
+        results = json.loads((out_dir / SUMMARY_FILE).read_text()).get("results")
+        if results:
+            click.echo(f"{bundle}: {json.dumps(results)}")
         state = "done" if result.completed else f"stopped at iteration {result.iterations_done}"
         click.echo(f"{bundle}: training {state} ({result.iterations_done}/{result.total_iterations} iterations, "
                    f"{result.world_size} process(es)): {out_dir}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -18,3 +19,19 @@ def load_image_bgr(path: Path) -> np.ndarray:
     if image is None:
         raise InputError(path, "cannot decode image (corrupt or not an image)")
     return image
+
+
+_cv2_single_thread_pid: int | None = None
+
+
+def single_thread_cv2() -> None:
+    """Run OpenCV single-threaded in every process that loads training pairs, the main process included, before
+    its first OpenCV call. Two reasons: DataLoader workers are the parallelism (nested pools only oversubscribe
+    the cores), and a process whose OpenCV thread pool has started cannot safely fork: a DataLoader worker forked
+    after the parent decoded one pair deadlocks in its first OpenCV call (seen here with OpenCV 5.0). Cheap after
+    the first call in a process (a pid comparison)."""
+    global _cv2_single_thread_pid
+    pid = os.getpid()
+    if _cv2_single_thread_pid != pid:
+        cv2.setNumThreads(1)
+        _cv2_single_thread_pid = pid

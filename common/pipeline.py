@@ -199,6 +199,7 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
             report.checks += bundle.demo_checks(run_dir, report.metrics)
         else:
             report.checks += check_published(report.metrics, bundle.manifest.run(opts.published_run))
+            report.checks += bundle.extra_checks(run_dir, report.metrics)
     report.details = bundle.summary_lines(run_dir, report.metrics)
     report.decide()
 

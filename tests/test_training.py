@@ -119,6 +119,14 @@ def test_two_processes_equal_one_on_the_concatenated_batch(tmp_path: Path) -> No
     assert read_checkpoint(snapshot_path(tmp_path / "two", 2)).resume.world_size == 2
 
 
+def test_averaged_gradients_equal_one_process_without_a_factor(tmp_path: Path) -> None:
+    """grad_reduction "mean" (recipes published from one process): 2 ranks x batch 2 == 1 process x batch 4."""
+    rc, out = _finish(_torchrun(["--nproc-per-node", "2", "--standalone"], tmp_path / "two", {"reduction": "mean"}))
+    assert rc == 0, out
+    train(make_tiny({"batch_size": "4"}), TrainConfig(tmp_path / "one", progress=False))
+    _assert_close(_weights(snapshot_path(tmp_path / "two", 2)), _weights(snapshot_path(tmp_path / "one", 2)))
+
+
 def test_two_torchrun_launchers_as_two_nodes(tmp_path: Path) -> None:
     port = _free_port()
     common = ["--nproc-per-node", "1", "--nnodes", "2", "--rdzv-backend", "c10d",

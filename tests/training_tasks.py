@@ -46,6 +46,7 @@ class TinyTask(TrainingTask):
         self.fail_rank = o.get("fail_rank")
         self.fail_at = int(o.get("fail_at", 1))
         self.log_every = 1
+        self.grad_reduction = str(o.get("reduction", "sum"))
         self._steps = 0
 
     def build_model(self) -> nn.Module:

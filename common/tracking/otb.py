@@ -1,4 +1,5 @@
-"""OTB one-pass evaluation as pysot computes it: success AUC and precision at 20 px (spec siamrpn.md section 13).
+"""OTB one-pass evaluation as pysot computes it: success AUC and precision at 20 px (spec siamrpn.md section 13),
+per sequence and averaged, and the success / precision plots.
 
 Boxes are [x, y, w, h] with continuous extents (right = x + w). Quirks kept on purpose, because the published
 numbers include them: gt frames with w <= 0 or h <= 0 get IoU -1 (never a success); gt centres with a coordinate
@@ -8,6 +9,7 @@ numbers include them: gt frames with w <= 0 or h <= 0 get IoU -1 (never a succes
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -45,20 +47,75 @@ def centre_error(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where((gc <= 0).any(axis=1), -1.0, d)
 
 
-def evaluate_otb(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Success (mean over videos of the 21-threshold AUC) and precision (mean over videos of P(20 px)).
-    Every gt sequence needs a result with at least as many frames; a missing one is an error naming it."""
+def _checked_pairs(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray]
+                   ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, result, gt) in sorted name order, the result cut to the gt length; missing / short is an error."""
     missing = sorted(set(gts) - set(results))
     if missing:
         raise InputError(None, f"no OTB result for {', '.join(missing[:10])}; no dataset-level score is reported")
-    aucs, precs = [], []
+    out = []
     for name in sorted(gts):
         g, p = np.asarray(gts[name], np.float64), np.asarray(results[name], np.float64)
         if len(p) < len(g):
             raise InputError(name, f"{len(p)} result boxes for {len(g)} ground-truth frames")
-        p = p[:len(g)]
-        iou = box_iou(p, g)
-        aucs.append(float((iou[:, None] > SUCCESS_THRESHOLDS[None]).mean(axis=0).mean()))
-        err = centre_error(p, g)
-        precs.append(float((err[:, None] <= PRECISION_THRESHOLDS[None]).mean(axis=0)[20]))
-    return {"success": float(np.mean(aucs)), "precision": float(np.mean(precs)), "videos": float(len(aucs))}
+        out.append((name, p[:len(g)], g))
+    return out
+
+
+def otb_curves(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray]
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per sequence: (success curve over SUCCESS_THRESHOLDS (21,), precision curve over PRECISION_THRESHOLDS
+    (51,)). Success AUC = curve mean, precision = curve[20]."""
+    curves = {}
+    for name, p, g in _checked_pairs(results, gts):
+        success = (box_iou(p, g)[:, None] > SUCCESS_THRESHOLDS[None]).mean(axis=0)
+        precision = (centre_error(p, g)[:, None] <= PRECISION_THRESHOLDS[None]).mean(axis=0)
+        curves[name] = (success, precision)
+    return curves
+
+
+def evaluate_otb_per_sequence(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray]
+                              ) -> dict[str, dict[str, float]]:
+    """{sequence: {"success": AUC, "precision": P(20 px), "frames": N}}; evaluate_otb is their mean."""
+    return {name: {"success": float(s.mean()), "precision": float(pr[20]), "frames": float(len(gts[name]))}
+            for name, (s, pr) in otb_curves(results, gts).items()}
+
+
+def evaluate_otb(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Success (mean over videos of the 21-threshold AUC) and precision (mean over videos of P(20 px)).
+    Every gt sequence needs a result with at least as many frames; a missing one is an error naming it."""
+    per = evaluate_otb_per_sequence(results, gts)
+    return {"success": float(np.mean([v["success"] for v in per.values()])),
+            "precision": float(np.mean([v["precision"] for v in per.values()])), "videos": float(len(per))}
+
+
+def plot_otb(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray], png: Path, *, title: str) -> Path:
+    """One PNG, two panels: the success plot (overlap threshold vs success rate, AUC in the legend) and the
+    precision plot (location error threshold vs precision, precision@20 in the legend); curves are the means over
+    sequences, so the legend values equal evaluate_otb's."""
+    curves = otb_curves(results, gts)
+    success = np.mean([s for s, _ in curves.values()], axis=0)
+    precision = np.mean([p for _, p in curves.values()], axis=0)
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: runs on servers without a display
+    import matplotlib.pyplot as plt
+
+    fig, (ax_s, ax_p) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax_s.plot(SUCCESS_THRESHOLDS, success, "-o", ms=3, label=f"AUC {success.mean():.3f}")
+    ax_s.set(xlabel="Overlap threshold", ylabel="Success rate", xlim=(0, 1), ylim=(0, 1.02),
+             title=f"Success plot of OPE ({len(curves)} sequences)")
+    ax_p.plot(PRECISION_THRESHOLDS, precision, "-", label=f"precision@20 {precision[20]:.3f}")
+    ax_p.axvline(20, color="grey", lw=0.8, ls="--")
+    ax_p.set(xlabel="Location error threshold (px)", ylabel="Precision", xlim=(0, PRECISION_THRESHOLDS[-1]),
+             ylim=(0, 1.02), title="Precision plot of OPE")
+    for ax in (ax_s, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left" if ax is ax_s else "lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

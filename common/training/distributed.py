@@ -110,10 +110,12 @@ def broadcast_state(model: nn.Module, ctx: DistContext) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def sum_gradients(params: Iterable[nn.Parameter], ctx: DistContext) -> None:
+def sum_gradients(params: Iterable[nn.Parameter], ctx: DistContext, *, average: bool = False) -> None:
     """All-reduce (SUM) the gradients of `params` in one flat buffer (one collective per step, not one per
-    tensor). A trainable parameter that got no gradient on this rank contributes zeros, so every rank takes part
-    in the same collective with the same layout."""
+    tensor); `average` then divides by the world size (for recipes whose reference ran one process, so that N
+    processes update exactly like one process on the same global batch). A trainable parameter that got no
+    gradient on this rank contributes zeros, so every rank takes part in the same collective with the same
+    layout."""
     if not ctx.distributed:
         return
     params = [p for p in params if p.requires_grad]
@@ -126,6 +128,8 @@ def sum_gradients(params: Iterable[nn.Parameter], ctx: DistContext) -> None:
         grads.append(p.grad)
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    if average:
+        flat /= ctx.world_size
     offset = 0
     for g in grads:
         n = g.numel()

@@ -56,6 +56,10 @@ class TrainingTask(ABC):
     grad_clip: float | None = None
     max_valid_loss: float = 1e4  # pysot is_valid_number: an update is skipped above this
     log_every: int = 20
+    log_phase: int = 0  # log the steps with (step - log_phase) % log_every == 0 (steps count from 1)
+    # "sum": pysot's all-reduce (N processes update N x the global-batch-mean gradient); "mean": the average,
+    # for recipes published from one process (SA-Siam), so N processes equal one process on the same global batch
+    grad_reduction: str = "sum"
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -77,6 +81,10 @@ class TrainingTask(ABC):
 
     def describe(self) -> dict[str, Any]:
         """The resolved recipe, written to recipe.json."""
+        return {}
+
+    def after_training(self, out_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rank 0, once training completed: extra results for training.json (e.g. the seed's loss metric)."""
         return {}
 
     def worker_init(self, worker_id: int) -> None:  # noqa: B027 - optional hook
@@ -318,7 +326,7 @@ def _train(task: TrainingTask, cfg: TrainConfig, ctx: D.DistContext) -> TrainRes
             if not skip:
                 optimizer.zero_grad(set_to_none=True)
                 precision.backward(total_loss)
-                D.sum_gradients(params, ctx)
+                D.sum_gradients(params, ctx, average=task.grad_reduction == "mean")
                 precision.unscale(optimizer, params)
                 if task.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, task.grad_clip)
@@ -327,7 +335,7 @@ def _train(task: TrainingTask, cfg: TrainConfig, ctx: D.DistContext) -> TrainRes
                 torch.cuda.synchronize(ctx.device)
             t2 = time.perf_counter()
             it += 1
-            if it % task.log_every == 0 or it == total or it == start + 1:
+            if (it - task.log_phase) % task.log_every == 0 or it == total or it == start + 1:
                 record = D.mean_over_ranks({**{k: float(v.detach()) for k, v in losses.items()},
                                             "data_wait_s": t1 - t0, "step_s": t2 - t1}, ctx)
                 if ctx.is_main:
@@ -356,6 +364,8 @@ def _train(task: TrainingTask, cfg: TrainConfig, ctx: D.DistContext) -> TrainRes
                    "snapshots": {p.name: file_digest(p) for p in sorted((out / SNAPSHOT_DIR).glob("*.pth"))}
                    if (out / SNAPSHOT_DIR).is_dir() else {},
                    "provenance": collect_provenance("", {}), **cfg.extra}
+        if completed:
+            summary["results"] = task.after_training(out, records)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
         log.info("%s: %s", task.name, stop_note or f"completed {total} iterations")
     D.barrier(ctx)
