@@ -417,7 +417,15 @@ def test_corrupt_crop_names_the_crop_file(tmp_path):
     assert e.value.path.name.endswith(".x.jpg")
 
 
-def test_cv2_is_left_alone_in_the_main_process(crops):
-    before = cv2.getNumThreads()
-    TrainPairs(sources_with(crops)[2:3], videos_per_epoch=1, epochs=1)[0]
-    assert cv2.getNumThreads() == before
+def test_loading_a_pair_makes_opencv_single_threaded(crops):
+    """Before its first OpenCV call a process loading pairs goes single-threaded: a DataLoader worker forked from
+    a parent whose OpenCV pool had started deadlocks (common.imageio.single_thread_cv2)."""
+    import subprocess
+    import sys
+
+    code = ("import cv2, sys; from pathlib import Path; from bundles.siamrpnpp.data import TrainPairs, pysot_sources;"
+            "TrainPairs(pysot_sources(Path(sys.argv[1])), videos_per_epoch=1, epochs=1)[0];"
+            "print(cv2.getNumThreads())")
+    out = subprocess.run([sys.executable, "-c", code, str(crops)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 from bundles.siamrpnpp.targets import AnchorTarget
 from common.errors import InputError
-from common.imageio import load_image_bgr
+from common.imageio import load_image_bgr, single_thread_cv2
 from common.tracking.crop import context_size
 
 EXEMPLAR_SIZE = 127
@@ -287,21 +286,6 @@ class PairChoice(NamedTuple):
     search: FrameRef
 
 
-_cv2_single_thread_pid: int | None = None
-
-
-def _single_thread_cv2() -> None:
-    """Run OpenCV single-threaded in every process that loads pairs, the main process included, before its first
-    OpenCV call. Two reasons: DataLoader workers are the parallelism (nested pools only oversubscribe the cores),
-    and a process whose OpenCV thread pool has started cannot safely fork: a DataLoader worker forked after the
-    parent decoded one pair deadlocks in its first OpenCV call (seen here with OpenCV 5.0)."""
-    global _cv2_single_thread_pid
-    pid = os.getpid()
-    if _cv2_single_thread_pid != pid:
-        cv2.setNumThreads(1)
-        _cv2_single_thread_pid = pid
-
-
 class TrainPairs(torch.utils.data.Dataset):
     """Index i -> one training pair (spec sections 6, 7, 8, 10) as a dict of numpy arrays: template (3,127,127)
     and search (3,255,255) float32 BGR 0..255-ish, label_cls int64 (5,25,25), label_loc float32 (4,5,25,25),
@@ -367,7 +351,7 @@ class TrainPairs(torch.utils.data.Dataset):
         return image, crop_box(ix.tracks[ref.video][ref.track].boxes[ref.position], image.shape)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        _single_thread_cv2()
+        single_thread_cv2()  # before the first OpenCV call in this process (see its docstring)
         rng = self.item_rng(index)
         choice = self._choose(rng, index)
         template_image, template_box = self._load(choice.template)
