@@ -134,7 +134,12 @@ def _input_shape_arg(onnx_path: Path, inputs: Sequence[TensorSpec], batch_size: 
     for spec in inputs:
         if not spec.shape:
             raise InputError(onnx_path, f"input {spec.name!r} is a scalar; ATC needs a batch axis")
-        dims = [batch_size, *spec.shape[1:]]
+        # axis 0 is the batch where the graph leaves it dynamic; a static axis 0 (e.g. SA-Siam's 3 search scales)
+        # is part of the graph and stays, which only fits the batch-1 OM of a single-item tracker
+        if spec.shape[0] > 0 and batch_size != 1:
+            raise InputError(onnx_path, f"input {spec.name!r} has a static leading axis {spec.shape[0]}: only "
+                                        "batch size 1 applies")
+        dims = [batch_size if spec.shape[0] <= 0 else spec.shape[0], *spec.shape[1:]]
         dynamic = [i for i, d in enumerate(dims) if d <= 0]
         if dynamic:
             raise InputError(

@@ -326,7 +326,8 @@ def bench(bundle: str, backend: str, device: str, batch_sizes: str | None, image
         from importlib import import_module
 
         bench_mod = import_module(f"bundles.{bundle}.bench")
-        bench_mod.run_training_bench(batch_size=int(batch_sizes or 2), steps=iters, processes=processes,
+        default_batch = {"sa_siam": 8}.get(bundle, 2)  # sa_siam: the seed's global batch; siamrpnpp: per process
+        bench_mod.run_training_bench(batch_size=int(batch_sizes or default_batch), steps=iters, processes=processes,
                                      device=device, workers=workers)
         return
     from common.bench import run_bench

@@ -373,3 +373,19 @@ def test_probe_on_a_bare_machine_never_raises(tmp_path: Path):
     assert info["atc"] is None and info["cann_version"] is None and info["driver_version"] is None
     assert info["soc_version"] is None and "no NPU row" in (info["npu_smi_error"] or "")
     assert all(v is None or isinstance(v, str) for v in info.values())
+
+
+def test_a_static_leading_axis_is_kept(tmp_path: Path):
+    """SA-Siam's search graph takes its 3 scales on a static axis 0: the OM keeps 3 (only batch size 1 fits)."""
+
+    class ThreeScales(torch.nn.Module):
+        def forward(self, search, z):
+            return (search.mean(dim=(1, 2, 3)) * z.mean()).reshape(3, 1)
+
+    path = tmp_path / "three.onnx"
+    torch.onnx.export(ThreeScales().eval(), (torch.zeros(3, 3, 8, 8), torch.zeros(1, 2, 4, 4)), str(path),
+                      dynamo=False, opset_version=11, input_names=["search", "z"], output_names=["response"])
+    cmd = atc_command(path, tmp_path / "three", batch_size=1, soc_version="Ascend310P3", atc=AtcConfig())
+    assert "--input_shape=search:3,3,8,8;z:1,2,4,4" in cmd
+    with pytest.raises(InputError, match="static leading axis 3"):
+        atc_command(path, tmp_path / "three", batch_size=4, soc_version="Ascend310P3", atc=AtcConfig())

@@ -185,7 +185,8 @@ def test_pretrained_backbone_loads_strictly(tmp_path: Path, model: SiamRPN) -> N
 
 
 def test_recipe_overrides_are_typed_and_checked() -> None:
-    r = Recipe.with_overrides({"epochs": "3", "warmup_epochs": "1", "base_lr": "0.01", "backbone_train_layers": "layer3,layer4"})
+    r = Recipe.with_overrides({"epochs": "3", "warmup_epochs": "1", "base_lr": "0.01",
+                               "backbone_train_layers": "layer3,layer4"})
     assert (r.epochs, r.base_lr, r.backbone_train_layers) == (3, 0.01, ("layer3", "layer4"))
     with pytest.raises(InputError, match="unknown recipe key 'epoch'"):
         Recipe.with_overrides({"epoch": "3"})

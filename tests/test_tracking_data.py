@@ -176,3 +176,175 @@ def test_read_otb_json(vot_root, tmp_path):
     (root / "OTB100.json").write_text(json.dumps(meta))
     seqs = read_otb_json(root)
     assert [s.name for s in seqs] == ["a", "b"] and seqs[0].boxes.shape == (6, 4)
+
+
+# -- OTB (official layout) --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def otb_root(tmp_path_factory) -> Path:
+    from common.tracking.data import make_synthetic_otb
+
+    return make_synthetic_otb(tmp_path_factory.mktemp("otb") / "OTB100", sequences=3, frames=8, size=(64, 48))
+
+
+def _raw_boxes(path: Path) -> np.ndarray:
+    import re
+
+    return np.array([[float(v) for v in re.split(r"[,\s]+", ln.strip())] for ln in path.read_text().splitlines()])
+
+
+def test_synthetic_otb_is_deterministic_and_in_the_official_layout(otb_root, tmp_path):
+    from common.tracking.data import make_synthetic_otb
+
+    assert sorted(p.name for p in otb_root.iterdir() if p.is_dir()) == ["synth00", "synth01", "synth02"]
+    assert sorted(p.name for p in (otb_root / "synth01" / "img").iterdir())[:2] == ["0001.jpg", "0002.jpg"]
+    gts = [(otb_root / f"synth0{i}" / "groundtruth_rect.txt").read_text() for i in range(3)]
+    assert "," in gts[0] and "\t" in gts[1] and " " in gts[2]  # every separator the real download uses
+    assert len(gts[0].splitlines()) == 8
+    again = make_synthetic_otb(tmp_path / "again", sequences=3, frames=8, size=(64, 48))
+    assert (again / "synth02" / "groundtruth_rect.txt").read_text() == gts[2]
+
+
+def test_read_otb_official_layout_is_0_based(otb_root):
+    from common.tracking.data import read_otb
+
+    seqs = read_otb(otb_root)
+    assert [s.name for s in seqs] == ["synth00", "synth01", "synth02"]
+    for s in seqs:
+        raw = _raw_boxes(otb_root / s.name / "groundtruth_rect.txt")
+        np.testing.assert_array_equal(s.boxes, raw - [1, 1, 0, 0])  # 1-based file -> 0-based boxes
+        assert s.frames == tuple(otb_root / s.name / "img" / f"{k:04d}.jpg" for k in range(1, 9))
+    assert seqs[0].load(3).shape == (48, 64, 3)
+    # Only the object moves: outside both boxes (2 px margin for JPEG ringing) frames 0 and 7 agree.
+    a, b = seqs[0].load(0).astype(int), seqs[0].load(7).astype(int)
+    still = np.ones(a.shape[:2], bool)
+    for x, y, w, h in seqs[0].boxes[[0, 7]].astype(int):
+        still[max(y - 2, 0):y + h + 2, max(x - 2, 0):x + w + 2] = False
+    assert still.sum() > 500 and np.abs(a - b)[still].mean() < 3
+    x, y, w, h = seqs[0].boxes[7].astype(int)
+    assert np.abs(a - b)[y + 2:y + h - 2, x + 2:x + w - 2].mean() > 10  # inside the box: the object
+    assert [s.name for s in read_otb(otb_root, names=["synth01"])] == ["synth01"]
+    with pytest.raises(InputError, match="not in the dataset: ghost"):
+        read_otb(otb_root, names=["ghost"])
+
+
+def _multi_target_root(otb_root: Path, root: Path) -> Path:
+    """Real OTB names: Jogging (targets .1 and .2), Human4 (.1 empty, .2), Basketball (one target)."""
+    shutil.copytree(otb_root / "synth00", root / "Basketball")
+    for name in ("Jogging", "Human4"):
+        shutil.copytree(otb_root / "synth01", root / name)
+        (root / name / "groundtruth_rect.txt").unlink()
+    raw = (otb_root / "synth01" / "groundtruth_rect.txt").read_text()  # tab separated
+    (root / "Jogging" / "groundtruth_rect.1.txt").write_text(raw)
+    second = _raw_boxes(otb_root / "synth01" / "groundtruth_rect.txt") + [5, 3, 0, 0]  # another target, commas
+    (root / "Jogging" / "groundtruth_rect.2.txt").write_text("\n".join(",".join(f"{v:g}" for v in b) for b in second))
+    (root / "Human4" / "groundtruth_rect.1.txt").write_text("\n")
+    (root / "Human4" / "groundtruth_rect.2.txt").write_text(raw.replace("\t", " "))
+    return root
+
+
+def test_read_otb_multi_target_naming(otb_root, tmp_path):
+    from common.tracking.data import read_otb
+
+    root = _multi_target_root(otb_root, tmp_path / "OTB100")
+    seqs = {s.name: s for s in read_otb(root)}
+    assert sorted(seqs) == ["Basketball", "Human4", "Jogging-1", "Jogging-2"]
+    assert seqs["Jogging-1"].frames == seqs["Jogging-2"].frames  # both targets run on Jogging/img
+    raw = _raw_boxes(root / "Jogging" / "groundtruth_rect.2.txt")
+    np.testing.assert_array_equal(seqs["Jogging-2"].boxes, raw - [1, 1, 0, 0])
+    assert not np.array_equal(seqs["Jogging-1"].boxes, seqs["Jogging-2"].boxes)
+    human4 = _raw_boxes(root / "Human4" / "groundtruth_rect.2.txt")
+    np.testing.assert_array_equal(seqs["Human4"].boxes, human4 - [1, 1, 0, 0])
+    assert [s.name for s in read_otb(root, names=["Jogging"])] == ["Jogging-1", "Jogging-2"]
+
+
+def test_read_otb_agrees_with_got10k(otb_root, tmp_path):
+    from conftest import import_oracle
+
+    from common.tracking.data import read_otb
+
+    got10k = import_oracle("got10k.datasets")
+    root = _multi_target_root(otb_root, tmp_path / "OTB100")
+    ours = read_otb(root)
+    theirs = got10k.OTB(str(root), version=2015, download=False)  # warns about the 97 absent sequences
+    # got10k names the second targets `Jogging.2`; pysot (and this reader) `Jogging-2`
+    assert [n.replace(".", "-") for n in theirs.seq_names] == [s.name for s in ours]
+    for s, (files, anno) in zip(ours, theirs, strict=True):
+        assert [str(f) for f in s.frames] == files
+        np.testing.assert_array_equal(s.boxes + [1, 1, 0, 0], anno)
+
+
+def test_read_otb_frame_ranges(otb_root, tmp_path):
+    from common.tracking.data import read_otb
+
+    root = tmp_path / "OTB100"
+    shutil.copytree(otb_root / "synth00", root / "David")
+    gt = root / "David" / "groundtruth_rect.txt"
+    gt.write_text("\n".join(gt.read_text().splitlines()[2:7]) + "\n")  # frames 3..7 annotated, 8 images
+    with pytest.raises(InputError, match=r"David/groundtruth_rect.txt: sequence David: 8 frames in img/ but 5 "
+                                         r"ground-truth lines; .*\(start, end\)"):
+        read_otb(root)
+    (s,) = read_otb(root, ranges={"David": (3, 7)})
+    assert [f.name for f in s.frames] == ["0003.jpg", "0004.jpg", "0005.jpg", "0006.jpg", "0007.jpg"]
+    with pytest.raises(InputError, match="frame range 3-8 holds 6 frames but the file has 5"):
+        read_otb(root, ranges={"David": (3, 8)})
+    (root / "David" / "img" / "0005.jpg").unlink()
+    with pytest.raises(InputError, match=r"David/img/0005.jpg: sequence David: frame missing \(1 of 5 missing\)"):
+        read_otb(root, ranges={"David": (3, 7)})
+
+
+def test_read_otb_missing_frame_is_named(otb_root, tmp_path):
+    from common.tracking.data import read_otb
+
+    root = _copy(otb_root, tmp_path / "o")
+    (root / "synth01" / "img" / "0004.jpg").unlink()
+    with pytest.raises(InputError, match=r"synth01/img/0004.jpg: sequence synth01: frame missing"):
+        read_otb(root)
+    shutil.rmtree(root / "synth01" / "img")
+    with pytest.raises(InputError, match=r"synth01/img: sequence synth01: img/ directory missing"):
+        read_otb(root)
+
+
+@pytest.mark.parametrize("line, problem", [("1,2,3", "line 4: expected 4 values"),
+                                           ("1,2,x,4", "line 4: not numbers"),
+                                           ("1,2,nan,4", "line 4: non-finite")])
+def test_read_otb_malformed_groundtruth_names_file_and_line(otb_root, tmp_path, line, problem):
+    from common.tracking.data import read_otb
+
+    root = _copy(otb_root, tmp_path / "o")
+    gt = root / "synth02" / "groundtruth_rect.txt"
+    lines = gt.read_text().splitlines()
+    lines[3] = line
+    gt.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"synth02/groundtruth_rect.txt: sequence synth02, {problem}"):
+        read_otb(root)
+
+
+def test_read_otb_empty_and_not_a_dataset(otb_root, tmp_path):
+    from common.tracking.data import read_otb
+
+    root = _copy(otb_root, tmp_path / "o")
+    (root / "synth00" / "groundtruth_rect.txt").write_text("")
+    with pytest.raises(InputError, match="sequence synth00: empty ground truth"):
+        read_otb(root)
+    with pytest.raises(InputError, match="not an OTB dataset"):
+        read_otb(tmp_path / "o" / "synth01" / "img")
+    with pytest.raises(InputError, match="dataset directory not found"):
+        read_otb(tmp_path / "absent")
+
+
+def test_read_otb_pysot_json_form_matches_the_official_layout(otb_root, tmp_path):
+    from common.tracking.data import read_otb
+
+    root = _copy(otb_root, tmp_path / "OTB100")
+    official = read_otb(root)
+    # pysot's OTB100.json copies the raw (1-based) files' values
+    meta = {s.name: {"video_dir": s.name, "init_rect": (s.boxes[0] + [1, 1, 0, 0]).tolist(),
+                     "img_names": [f"{s.name}/img/{f.name}" for f in s.frames],
+                     "gt_rect": (s.boxes + [1, 1, 0, 0]).tolist(), "attr": []} for s in official}
+    (root / "OTB100.json").write_text(json.dumps(meta))
+    from_json = read_otb(root)
+    assert [s.name for s in from_json] == [s.name for s in official]
+    for a, b in zip(from_json, official, strict=True):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        assert a.frames == b.frames
+    assert [s.name for s in read_otb(root, names=["synth02"])] == ["synth02"]
