@@ -19,8 +19,7 @@ import torch
 from bundles.sa_siam.demo import curate_demo_data
 from bundles.sa_siam.recipe import Recipe, SASiamTask
 from common.bundle import load_bundle
-from common.training.launch import LaunchSpec, launch
-from common.training.log import read_jsonl
+from common.training.bench import loop_throughput
 
 
 def _overrides(data: Path, batch: int, steps: int) -> dict[str, str]:
@@ -46,12 +45,8 @@ def pure_step(task: SASiamTask, steps: int) -> float:
 
 
 def loop_rate(out: Path, overrides: dict[str, str], processes: int, workers: int) -> float:
-    steps = int(overrides["examples_per_epoch"]) // int(overrides["batch_size"]) - 1
-    args = ["train", "sa_siam", "--out", str(out), "--workers", str(workers), "--stop-after", str(steps),
-            *[f"--set={k}={v}" for k, v in overrides.items()]]
-    if launch(LaunchSpec(processes), args) != 0:
-        raise RuntimeError(f"benchmark training run failed: {out}")
-    return statistics.median(r["pairs_per_s"] for r in read_jsonl(out / "train_log.jsonl")[1:])
+    stop = int(overrides["examples_per_epoch"]) // int(overrides["batch_size"]) - 1
+    return loop_throughput("sa_siam", out, overrides, processes=processes, stop_after=stop, workers=workers)
 
 
 def tracker_fps(root: Path, frames: int = 30) -> float:

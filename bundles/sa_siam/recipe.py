@@ -29,6 +29,7 @@ from torch import nn
 
 from common.errors import InputError
 from common.training.loop import TrainingTask
+from common.training.recipe import with_overrides
 
 
 @dataclass(frozen=True)
@@ -55,21 +56,8 @@ class Recipe:
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, Any]) -> Recipe:
-        from bundles.siamrpnpp.recipe import _parse
-
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            if key not in fields:
-                raise InputError(None, f"unknown recipe key {key!r}; known: {', '.join(fields)}")
-            try:
-                values[key] = _parse(raw, type(fields[key].default))
-            except ValueError as e:
-                raise InputError(None, f"recipe key {key}={raw!r}: {e}") from None
-        try:
-            return cls(**values)
-        except ValueError as e:
-            raise InputError(None, f"recipe: {e}") from None
+        """The recipe with `key=value` overrides, each parsed as its field's type; unknown keys are an error."""
+        return with_overrides(cls, overrides)
 
     @property
     def steps_per_epoch(self) -> int:

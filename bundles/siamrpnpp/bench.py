@@ -23,8 +23,7 @@ import torch
 from bundles.siamrpnpp.demo import curate_demo_data
 from bundles.siamrpnpp.recipe import Recipe, SiamRPNPPTask
 from common.bundle import load_bundle
-from common.training.launch import LaunchSpec, launch
-from common.training.log import read_jsonl
+from common.training.bench import loop_throughput
 
 
 def _recipe(data: Path, init: Path, batch: int, steps: int, processes: int) -> dict[str, str]:
@@ -64,13 +63,9 @@ def data_rate(task: SiamRPNPPTask, batches: int, workers: int) -> float:
 
 
 def loop_rate(out: Path, overrides: dict[str, str], processes: int, device: str, workers: int) -> float:
-    args = ["train", "siamrpnpp", "--out", str(out), "--device", device, "--workers", str(workers),
-            "--stop-after", str(int(overrides["videos_per_epoch"]) // int(overrides["batch_size"]) // processes - 1),
-            *[f"--set={k}={v}" for k, v in overrides.items()]]
-    if launch(LaunchSpec(processes), args) != 0:
-        raise RuntimeError(f"benchmark training run failed: {out}")
-    rates = [r["pairs_per_s"] for r in read_jsonl(out / "train_log.jsonl")[1:]]
-    return statistics.median(rates)
+    stop = int(overrides["videos_per_epoch"]) // int(overrides["batch_size"]) // processes - 1
+    return loop_throughput("siamrpnpp", out, overrides, processes=processes, stop_after=stop, device=device,
+                           workers=workers)
 
 
 def run_training_bench(*, batch_size: int, steps: int, processes: int, device: str = "cpu", workers: int = 1,

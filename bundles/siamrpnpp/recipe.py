@@ -33,8 +33,9 @@ from torch import nn
 from bundles.siamrpn.model import SiamRPN
 from bundles.siamrpnpp.loss import total_loss
 from common.checkpoint import load_checkpoint, load_strict
-from common.errors import CheckpointError, InputError
+from common.errors import CheckpointError
 from common.training.loop import TrainingTask
+from common.training.recipe import with_overrides
 
 
 @dataclass(frozen=True)
@@ -73,34 +74,10 @@ class Recipe:
             raise ValueError(f"warmup_epochs {self.warmup_epochs} must be in [0, epochs={self.epochs})")
 
     @classmethod
-    def with_overrides(cls, overrides: Mapping[str, str | Any]) -> Recipe:
+    def with_overrides(cls, overrides: Mapping[str, Any]) -> Recipe:
         """The recipe with `key=value` overrides, each parsed as its field's type; unknown keys are an error."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            if key not in fields:
-                raise InputError(None, f"unknown recipe key {key!r}; known: {', '.join(fields)}")
-            default = getattr(cls, key) if not isinstance(fields[key].default, dataclasses._MISSING_TYPE) else ""
-            try:
-                values[key] = _parse(raw, type(default))
-            except ValueError as e:
-                raise InputError(None, f"recipe key {key}={raw!r}: {e}") from None
-        try:
-            return cls(**values)
-        except ValueError as e:
-            raise InputError(None, f"recipe: {e}") from None
+        return with_overrides(cls, overrides)
 
-
-def _parse(raw: Any, kind: type) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    if kind is bool:
-        if raw.lower() not in ("true", "false", "1", "0"):
-            raise ValueError("expected true/false")
-        return raw.lower() in ("true", "1")
-    if kind is tuple:
-        return tuple(x for x in raw.split(",") if x)
-    return kind(raw)
 
 
 def lr_at_epoch(recipe: Recipe, epoch: int) -> float:
