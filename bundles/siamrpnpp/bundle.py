@@ -37,5 +37,12 @@ class SiamRPNPPBundle(SiamRPNBundle):
         return [Check(n, ok, d) for n, ok, d in training_checks(run_dir / "train")] + super().demo_checks(
             run_dir, metrics)
 
+    def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
+        lines = super().summary_lines(run_dir, metrics)
+        plot = run_dir / "train" / "uninterrupted" / "train_plot.png"
+        if plot.is_file():  # the demo's training run, beside the evaluation of its snapshot
+            lines += ["", f"![training loss, LR and throughput]({plot.relative_to(run_dir)})"]
+        return lines
+
 
 BUNDLE = SiamRPNPPBundle()
