@@ -39,29 +39,30 @@ import cv2
 import numpy as np
 import torch
 
-# The curation machinery that is the same as SiamRPN++'s crop511 curation (same VID layouts, same resumable
-# atomic writes, same report, same pool and progress handling) is reused from that bundle rather than copied.
-from bundles.siamrpnpp.curate import (
-    _VID_SUBSETS,
+from bundles.siamrpnpp.synthetic import make_synthetic_raw
+
+# The curation machinery shared with SiamRPN++'s crop511 curation (VID layouts, resumable atomic writes, the
+# report, pool and progress) lives in common/curation.py.
+from common.curation import (
     BAD_ANNOTATION,
     BAD_IMAGE,
     DEGENERATE,
     EMPTY_VIDEO,
     MISSING_IMAGE,
+    VID_SUBSETS,
     CurationReport,
-    _ilsvrc_root,
-    _Malformed,
-    _number,
-    _Progress,
-    _Result,
-    _run_tasks,
-    _scan_crops,
-    _subset_dirs,
-    _write_atomic,
-    _write_json,
+    Malformed,
+    Progress,
+    TaskResult,
     default_workers,
+    ilsvrc_root,
+    run_tasks,
+    scan_crops,
+    subset_dirs,
+    write_atomic,
+    write_json,
+    xml_number,
 )
-from bundles.siamrpnpp.synthetic import make_synthetic_raw
 from common.errors import InputError
 from common.imageio import load_image_bgr, single_thread_cv2
 
@@ -74,7 +75,7 @@ JPEG_QUALITY = 90
 STRETCH = 0.05  # RandomStretch: scale 1 + U(-0.05, 0.05)
 CENTER_SIZE = 247  # CenterCrop (crop or zero-pad)
 TRAIN_SIZE = 239  # RandomCrop: exemplar and instance both 239 in training (spec 2)
-SUBSETS = tuple(_VID_SUBSETS)  # ("a", "b", "c", "d", "e")
+SUBSETS = tuple(VID_SUBSETS)  # ("a", "b", "c", "d", "e")
 CROP_SUFFIX = ".crop.x.jpg"
 REPORT_NAME = "curation_report.json"
 PARAMS_NAME = ".crop_params.json"
@@ -141,13 +142,13 @@ def crop_name(frame: str, track: int) -> str:
 def _frame_name(root: ET.Element) -> str:
     text = (root.findtext("filename") or "").strip()
     if not text:
-        raise _Malformed("missing <filename>")
+        raise Malformed("missing <filename>")
     if "/" in text or "\\" in text or text.startswith("."):
-        raise _Malformed(f"<filename> is not a plain file name: {text!r}")  # it names the image and the crop
+        raise Malformed(f"<filename> is not a plain file name: {text!r}")  # it names the image and the crop
     return text
 
 
-def _curate_video(key: str, ann_dir: str, data_dir: str, out_dir: str, res: _Result) -> None:
+def _curate_video(key: str, ann_dir: str, data_dir: str, out_dir: str, res: TaskResult) -> None:
     """Crop every object of every frame XML of one video (spec 9.1: no filtering) unless its crop exists."""
     try:
         xmls = sorted(n for n in os.listdir(ann_dir) if n.endswith(".xml"))
@@ -157,14 +158,14 @@ def _curate_video(key: str, ann_dir: str, data_dir: str, out_dir: str, res: _Res
     if not xmls:
         res.skip(EMPTY_VIDEO, ann_dir, f"{key}: no annotation (.xml) files")
         return
-    existing = _scan_crops(out_dir)  # also deletes leftovers of writes an interruption cut short
+    existing = scan_crops(out_dir)  # also deletes leftovers of writes an interruption cut short
     made_dir = bool(existing)
     for name in xmls:
         xml = os.path.join(ann_dir, name)
         try:
             root = ET.parse(xml).getroot()
             frame = _frame_name(root)
-        except (ET.ParseError, OSError, _Malformed) as e:
+        except (ET.ParseError, OSError, Malformed) as e:
             res.skip(BAD_ANNOTATION, xml, f"whole file: {e}")
             continue
         image_path = os.path.join(data_dir, f"{frame}.JPEG")
@@ -174,14 +175,14 @@ def _curate_video(key: str, ann_dir: str, data_dir: str, out_dir: str, res: _Res
         seen: set[str] = set()
         for k, obj in enumerate(root.findall("object")):
             try:
-                track = _number(obj.findtext("trackid"), "trackid")
+                track = xml_number(obj.findtext("trackid"), "trackid")
                 if not float(track).is_integer() or track < 0:
-                    raise _Malformed(f"<trackid> is not a non-negative integer: {track!r}")
+                    raise Malformed(f"<trackid> is not a non-negative integer: {track!r}")
                 bb = obj.find("bndbox")
                 if bb is None:
-                    raise _Malformed("missing <bndbox>")
-                box = tuple(float(_number(bb.findtext(t), t)) for t in ("xmin", "ymin", "xmax", "ymax"))
-            except _Malformed as e:
+                    raise Malformed("missing <bndbox>")
+                box = tuple(float(xml_number(bb.findtext(t), t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            except Malformed as e:
                 res.skip(BAD_ANNOTATION, xml, f"object {k}: {e}")
                 continue
             track = int(track)
@@ -213,12 +214,12 @@ def _curate_video(key: str, ann_dir: str, data_dir: str, out_dir: str, res: _Res
             if not made_dir:
                 os.makedirs(out_dir, exist_ok=True)
                 made_dir = True
-            _write_atomic(os.path.join(out_dir, out_name), jpg.tobytes())
+            write_atomic(os.path.join(out_dir, out_name), jpg.tobytes())
             res.written += 1
 
 
-def _task_videos(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
-    res = _Result()
+def _task_videos(jobs: list[tuple[str, str, str]], crop_root: str) -> TaskResult:
+    res = TaskResult()
     for key, ann_dir, data_dir in jobs:
         _curate_video(key, ann_dir, data_dir, os.path.join(crop_root, key), res)
         res.units += 1
@@ -228,10 +229,10 @@ def _task_videos(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
 def _vid_jobs(raw_root: Path, limit: int | None) -> list[tuple[str, str, str]]:
     """(key `<letter>/<video>`, annotation dir, image dir) of every video, sorted; official folder names or
     pysot/SiamFC's a..e symlinks. `limit`: the first `limit` videos of each subset."""
-    base = _ilsvrc_root(raw_root, "VID")
+    base = ilsvrc_root(raw_root, "VID")
     jobs, found = [], []
-    for letter, official in _VID_SUBSETS.items():
-        dirs = _subset_dirs(base, "VID", letter, official)
+    for letter, official in VID_SUBSETS.items():
+        dirs = subset_dirs(base, "VID", letter, official)
         if dirs is None:
             continue
         found.append(letter)
@@ -263,7 +264,7 @@ def _check_params(out_root: Path) -> None:
                         path, old, params, out_root / "Data")
         return
     out_root.mkdir(parents=True, exist_ok=True)
-    _write_json(path, params, indent=1)
+    write_json(path, params, indent=1)
 
 
 def curate_vid(raw_root: Path, out_root: Path, *, workers: int | None = None, progress: bool = True,
@@ -292,8 +293,8 @@ def curate_vid(raw_root: Path, out_root: Path, *, workers: int | None = None, pr
     # spawn, not fork: a forked OpenCV thread pool can deadlock
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=single_thread_cv2) if workers > 1 and len(tasks) > 1 else None)
-    bar = _Progress("sa_siam VID", len(jobs), "videos", progress)
-    results = _run_tasks(tasks, str(crop_root), pool, workers)
+    bar = Progress("sa_siam VID", len(jobs), "videos", progress)
+    results = run_tasks(tasks, str(crop_root), pool, workers)
     try:
         for res in results:
             skipped.extend(res.skipped)
@@ -318,11 +319,11 @@ def curate_vid(raw_root: Path, out_root: Path, *, workers: int | None = None, pr
         if report.n_skipped:
             why = f"all {report.n_skipped} objects were skipped (" + ", ".join(
                 f"{len(v)} {r}" for r, v in sorted(report.skipped.items())) + ")"
-        _write_json(out_root / REPORT_NAME, report.to_dict(), indent=1)
+        write_json(out_root / REPORT_NAME, report.to_dict(), indent=1)
         raise InputError(raw_root, f"VID: nothing to curate: {why}; the files are listed in {out_root / REPORT_NAME}")
     report.json_files = _write_imdb(out_root, 0.1)
     report.seconds = time.monotonic() - start
-    _write_json(out_root / REPORT_NAME, report.to_dict(), indent=1)
+    write_json(out_root / REPORT_NAME, report.to_dict(), indent=1)
     (log.warning if report.n_skipped else log.info)("%s", report.summary())
     return report
 
@@ -378,7 +379,7 @@ def _write_imdb(curated_root: Path, validation_fraction: float) -> dict[str, dic
     counts = {}
     for split, part in (("train", videos[n_val:]), ("validation", videos[:n_val])):
         entries = [t for video in part for t in video]
-        _write_json(curated_root / IMDB_NAMES[split],
+        write_json(curated_root / IMDB_NAMES[split],
                     {"videos": entries, "n_videos": len(entries), "image_shape": [CROP_SIZE, CROP_SIZE, 3]},
                     indent=None)  # compact: the full index holds over a million paths
         counts[IMDB_NAMES[split]] = {"videos": len(part), "tracks": len(entries),

@@ -29,19 +29,39 @@ import logging
 import math
 import multiprocessing
 import os
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from common.curation import (
+    BAD_ANNOTATION,
+    BAD_IMAGE,
+    DEGENERATE,
+    DUPLICATE,
+    EMPTY_VIDEO,
+    MISSING_IMAGE,
+    OUTSIDE,
+    VID_SUBSETS,
+    CurationReport,
+    Malformed,
+    Progress,
+    TaskResult,
+    default_workers,
+    ilsvrc_root,
+    run_tasks,
+    scan_crops,
+    subset_dirs,
+    write_atomic,
+    write_json,
+    xml_number,
+)
 from common.errors import InputError
 
 log = logging.getLogger("zoo.siamrpnpp.curate")
@@ -59,17 +79,6 @@ CONTEXT = 0.5
 CROP_DIR = "crop511"
 REPORT_NAME = "curation_report.json"
 PARAMS_NAME = ".crop_params.json"
-_TMP_SUFFIX = ".tmp"
-
-# Reasons an object is skipped (a problem with the input: recorded with its file).
-MISSING_IMAGE = "image missing"
-BAD_IMAGE = "image unreadable"
-BAD_ANNOTATION = "malformed annotation"
-DEGENERATE = "degenerate box (w <= 0 or h <= 0 or not finite)"
-OUTSIDE = "box outside the image"
-EMPTY_VIDEO = "empty video"
-DUPLICATE = "duplicate annotation (a later one replaces it)"
-
 # Objects dropped by a pysot rule (not a problem with the input: counted).
 VID_SINGLE = "VID box in a single-frame run (pysot drops isolated frames)"
 VID_OVERWRITTEN = "VID box in an earlier run of its track (pysot keeps only the last run per trackid)"
@@ -77,14 +86,6 @@ VID_NO_RUN = "VID video without a multi-frame track"
 NO_OBJECTS = "image without objects"
 YTBB_ABSENT = "YouTube-BB row with object_presence=absent"
 
-# VID subsets: pysot's symlink names and the official ILSVRC2015 folders they point at (spec 5.2).
-_VID_SUBSETS = {
-    "a": ("train/ILSVRC2015_VID_train_0000",),
-    "b": ("train/ILSVRC2015_VID_train_0001",),
-    "c": ("train/ILSVRC2015_VID_train_0002",),
-    "d": ("train/ILSVRC2015_VID_train_0003",),
-    "e": ("val",),
-}
 # DET subsets. The spec names only a..i ("a has sub-folders", "val = i/"); which official folder each letter is
 # comes from pysot's DET readme symlinks (a = ILSVRC2013_train, b..h = ILSVRC2014_train_0000..0006, i = val).
 _DET_SUBSETS = {
@@ -142,48 +143,6 @@ def crop_name(frame: int, track: int) -> str:
 
 
 # -- report -------------------------------------------------------------------------------------------------
-@dataclass
-class CurationReport:
-    """What one curation run did. `skipped`: reason -> [(file, detail)] (input problems, each named);
-    `excluded`: rule -> count (objects a pysot rule drops); `json_files`: name -> counts of what it indexes."""
-
-    dataset: str
-    crops_written: int = 0
-    crops_reused: int = 0
-    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    excluded: dict[str, int] = field(default_factory=dict)
-    json_files: dict[str, dict[str, int]] = field(default_factory=dict)
-    workers: int = 1
-    seconds: float = 0.0
-    opencv: str = cv2.__version__
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(len(v) for v in self.skipped.values())
-
-    def summary(self) -> str:
-        """One paragraph: crops, and how many were skipped and why (with the first files named)."""
-        crops = self.crops_written + self.crops_reused
-        rate = self.crops_written / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"{self.dataset}: {crops} crops ({self.crops_written} written, {self.crops_reused} reused from an "
-                 f"earlier run) in {self.seconds:.1f} s ({rate:.0f} written/s, {self.workers} workers); "
-                 f"{self.n_skipped} skipped" + (":" if self.n_skipped else "")]
-        for reason, items in sorted(self.skipped.items()):
-            examples = "; ".join(f"{f} ({d})" for f, d in items[:3])
-            more = f"; ... {len(items) - 3} more" if len(items) > 3 else ""
-            lines.append(f"  {len(items)} {reason}: {examples}{more}")
-        if self.excluded:
-            lines.append("  dropped by pysot's rules (not errors): "
-                         + ", ".join(f"{n} {r}" for r, n in sorted(self.excluded.items())))
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "crops_written": self.crops_written, "crops_reused": self.crops_reused,
-                "n_skipped": self.n_skipped,
-                "skipped": {r: [list(e) for e in items] for r, items in sorted(self.skipped.items())},
-                "excluded": dict(sorted(self.excluded.items())), "json_files": self.json_files,
-                "workers": self.workers, "seconds": round(self.seconds, 3), "opencv": self.opencv,
-                "z_crops": "not written (training never reads .z.jpg)"}
 
 
 # -- work units ---------------------------------------------------------------------------------------------
@@ -210,25 +169,6 @@ class _Unit:
     frames: list[_Frame]
 
 
-@dataclass
-class _Result:
-    """What a task sends back: JSON entries of its videos and the tallies."""
-
-    entries: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (reason, file, detail)
-    excluded: Counter = field(default_factory=Counter)
-    written: int = 0
-    reused: int = 0
-    units: int = 0
-
-    def skip(self, reason: str, path: str | Path, detail: str) -> None:
-        self.skipped.append((reason, str(path), detail))
-
-
-class _Malformed(ValueError):
-    pass
-
-
 def _box_problem(box: Sequence[float], size: tuple[int, int] | None) -> tuple[str, str] | None:
     """(reason, detail) when a pixel box cannot be cropped; a box partly outside the image is fine (padded).
     With no size (not known yet) only the box itself is checked."""
@@ -247,32 +187,6 @@ def _fmt(box: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def _scan_crops(crop_dir: str) -> dict[str, int]:
-    """Final crop names in `crop_dir` with their sizes; deletes leftovers of writes an interruption cut short."""
-    found: dict[str, int] = {}
-    try:
-        entries = list(os.scandir(crop_dir))
-    except FileNotFoundError:
-        return found
-    for e in entries:
-        if e.name.endswith(_TMP_SUFFIX):
-            try:
-                os.unlink(e.path)
-            except FileNotFoundError:
-                pass
-        elif e.name.endswith(".x.jpg"):
-            found[e.name] = e.stat().st_size
-    return found
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write under a temporary name in the same folder, then rename: a final name is always a complete file."""
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{os.getpid()}{_TMP_SUFFIX}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _load(path: str) -> tuple[np.ndarray | None, str | None]:
     if not os.path.isfile(path):
         return None, MISSING_IMAGE
@@ -280,10 +194,10 @@ def _load(path: str) -> tuple[np.ndarray | None, str | None]:
     return (image, None) if image is not None else (None, BAD_IMAGE)
 
 
-def _crop_unit(unit: _Unit, crop_root: str, res: _Result) -> None:
+def _crop_unit(unit: _Unit, crop_root: str, res: TaskResult) -> None:
     """Crop every object of one video (or image) unless its crop exists, and add its JSON entries."""
     crop_dir = os.path.join(crop_root, unit.key)
-    existing = _scan_crops(crop_dir)
+    existing = scan_crops(crop_dir)
     tracks: dict[str, dict[str, list[float]]] = {}
     made_dir = bool(existing)
     for fr in unit.frames:
@@ -318,7 +232,7 @@ def _crop_unit(unit: _Unit, crop_root: str, res: _Result) -> None:
                 if not made_dir:
                     os.makedirs(crop_dir, exist_ok=True)
                     made_dir = True
-                _write_atomic(os.path.join(crop_dir, name), jpg.tobytes())
+                write_atomic(os.path.join(crop_dir, name), jpg.tobytes())
                 res.written += 1
             tracks.setdefault(f"{o.track:02d}", {})[f"{fr.frame:06d}"] = list(box)
     if tracks:
@@ -326,22 +240,6 @@ def _crop_unit(unit: _Unit, crop_root: str, res: _Result) -> None:
 
 
 # -- XML (VID, DET) -----------------------------------------------------------------------------------------
-def _number(text: str | None, what: str) -> float:
-    """An integer as annotated (kept as int), or a float; anything else is malformed."""
-    if text is None:
-        raise _Malformed(f"missing <{what}>")
-    text = text.strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise _Malformed(f"<{what}> is not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise _Malformed(f"<{what}> is not finite: {text!r}")
-    return value
 
 
 def _xml_size(root: ET.Element) -> tuple[int, int] | None:
@@ -349,8 +247,8 @@ def _xml_size(root: ET.Element) -> tuple[int, int] | None:
     (a metadata slip is no reason to lose the boxes)."""
     size = root.find("size")
     try:
-        w, h = _number(size.findtext("width"), "width"), _number(size.findtext("height"), "height")
-    except (_Malformed, AttributeError):
+        w, h = xml_number(size.findtext("width"), "width"), xml_number(size.findtext("height"), "height")
+    except (Malformed, AttributeError):
         return None
     return (int(w), int(h)) if w > 0 and h > 0 else None
 
@@ -358,11 +256,11 @@ def _xml_size(root: ET.Element) -> tuple[int, int] | None:
 def _xml_box(obj: ET.Element) -> tuple[float, ...]:
     bb = obj.find("bndbox")
     if bb is None:
-        raise _Malformed("missing <bndbox>")
-    return tuple(_number(bb.findtext(t), t) for t in ("xmin", "ymin", "xmax", "ymax"))
+        raise Malformed("missing <bndbox>")
+    return tuple(xml_number(bb.findtext(t), t) for t in ("xmin", "ymin", "xmax", "ymax"))
 
 
-def _parse_xml(path: str, res: _Result) -> tuple[ET.Element, tuple[int, int] | None] | None:
+def _parse_xml(path: str, res: TaskResult) -> tuple[ET.Element, tuple[int, int] | None] | None:
     try:
         root = ET.parse(path).getroot()
         return root, _xml_size(root)
@@ -382,7 +280,7 @@ def _runs(frames: list[int]) -> list[list[int]]:
     return runs
 
 
-def _vid_unit(key: str, ann_dir: str, data_dir: str, res: _Result) -> _Unit | None:
+def _vid_unit(key: str, ann_dir: str, data_dir: str, res: TaskResult) -> _Unit | None:
     """One VID video: every valid box of every frame's XML, then pysot's parse_vid/gen_json track rule."""
     try:
         xmls = sorted(n for n in os.listdir(ann_dir) if n.endswith(".xml"))
@@ -409,9 +307,9 @@ def _vid_unit(key: str, ann_dir: str, data_dir: str, res: _Result) -> _Unit | No
         sizes[frame], stems[frame] = size, stem
         for k, obj in enumerate(root.findall("object")):
             try:
-                track = int(_number(obj.findtext("trackid"), "trackid"))
+                track = int(xml_number(obj.findtext("trackid"), "trackid"))
                 box = _xml_box(obj)
-            except _Malformed as e:
+            except Malformed as e:
                 res.skip(BAD_ANNOTATION, path, f"object {k}: {e}")
                 continue
             bad = _box_problem(box, size)
@@ -446,7 +344,7 @@ def _vid_unit(key: str, ann_dir: str, data_dir: str, res: _Result) -> _Unit | No
                        for f, objs in sorted(per_frame.items())])
 
 
-def _det_unit(key: str, xml: str, image: str, res: _Result) -> _Unit | None:
+def _det_unit(key: str, xml: str, image: str, res: TaskResult) -> _Unit | None:
     """One DET image: every object, track = its index in the XML, frame 000000."""
     parsed = _parse_xml(xml, res)
     if parsed is None:
@@ -460,14 +358,14 @@ def _det_unit(key: str, xml: str, image: str, res: _Result) -> _Unit | None:
     for k, obj in enumerate(objs):
         try:
             objects.append(_Object(k, _xml_box(obj), xml, f"object {k}"))
-        except _Malformed as e:
+        except Malformed as e:
             res.skip(BAD_ANNOTATION, xml, f"object {k}: {e}")
     return _Unit(key, [_Frame(image, 0, objects, size)]) if objects else None
 
 
 # -- tasks run in the worker processes (module-level, picklable arguments) ----------------------------------
-def _task_vid(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
-    res = _Result()
+def _task_vid(jobs: list[tuple[str, str, str]], crop_root: str) -> TaskResult:
+    res = TaskResult()
     for key, ann_dir, data_dir in jobs:
         unit = _vid_unit(key, ann_dir, data_dir, res)
         if unit is not None:
@@ -476,8 +374,8 @@ def _task_vid(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
     return res
 
 
-def _task_det(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
-    res = _Result()
+def _task_det(jobs: list[tuple[str, str, str]], crop_root: str) -> TaskResult:
+    res = TaskResult()
     for key, xml, image in jobs:
         unit = _det_unit(key, xml, image, res)
         if unit is not None:
@@ -486,8 +384,8 @@ def _task_det(jobs: list[tuple[str, str, str]], crop_root: str) -> _Result:
     return res
 
 
-def _task_units(units: list[_Unit], crop_root: str) -> _Result:
-    res = _Result()
+def _task_units(units: list[_Unit], crop_root: str) -> TaskResult:
+    res = TaskResult()
     for unit in units:
         _crop_unit(unit, crop_root, res)
         res.units += 1
@@ -502,42 +400,18 @@ def _init_worker() -> None:
 @dataclass
 class _Split:
     json_name: str
-    task: Callable[[list, str], _Result]
+    task: Callable[[list, str], TaskResult]
     jobs: list  # one entry per video / image
     chunk: int  # jobs per task
-    pre: _Result = field(default_factory=_Result)  # problems found while enumerating
-
-
-def _ilsvrc_root(raw_root: Path, kind: str) -> Path:
-    """The folder holding Annotations/<kind> and Data/<kind>: raw_root itself or its ILSVRC2015/ or ILSVRC/."""
-    for cand in (raw_root, raw_root / "ILSVRC2015", raw_root / "ILSVRC"):
-        if (cand / "Annotations" / kind).is_dir():
-            return cand
-    raise InputError(raw_root, f"not an ImageNet {kind} folder: no Annotations/{kind}/ here "
-                               f"(nor under ILSVRC2015/ or ILSVRC/)")
-
-
-def _subset_dirs(base: Path, kind: str, letter: str, official: tuple[str, ...]) -> tuple[Path, Path] | None:
-    """(annotation dir, data dir) of one subset: pysot's symlink `train/<letter>` or the official folder."""
-    names = (f"train/{letter}", *official)
-    ann = next((base / "Annotations" / kind / n for n in names if (base / "Annotations" / kind / n).is_dir()), None)
-    if ann is None:
-        return None
-    rel = ann.relative_to(base / "Annotations" / kind)
-    data = base / "Data" / kind / rel
-    if not data.is_dir():
-        data = next((base / "Data" / kind / n for n in names if (base / "Data" / kind / n).is_dir()), data)
-    if not data.is_dir():
-        raise InputError(data, f"image folder of {kind} subset {letter} missing (annotations are in {ann})")
-    return ann, data
+    pre: TaskResult = field(default_factory=TaskResult)  # problems found while enumerating
 
 
 def _vid_splits(raw_root: Path, limit: int | None) -> list[_Split]:
-    base = _ilsvrc_root(raw_root, "VID")
+    base = ilsvrc_root(raw_root, "VID")
     by_split: dict[str, list] = {"train.json": [], "val.json": []}
     found = []
-    for letter, official in _VID_SUBSETS.items():
-        dirs = _subset_dirs(base, "VID", letter, official)
+    for letter, official in VID_SUBSETS.items():
+        dirs = subset_dirs(base, "VID", letter, official)
         if dirs is None:
             continue
         found.append(letter)
@@ -555,10 +429,10 @@ def _vid_splits(raw_root: Path, limit: int | None) -> list[_Split]:
 
 
 def _det_splits(raw_root: Path, limit: int | None) -> list[_Split]:
-    base = _ilsvrc_root(raw_root, "DET")
+    base = ilsvrc_root(raw_root, "DET")
     by_split: dict[str, list] = {"train.json": [], "val.json": []}
     for letter, official in _DET_SUBSETS.items():
-        dirs = _subset_dirs(base, "DET", letter, official)
+        dirs = subset_dirs(base, "DET", letter, official)
         if dirs is None:
             continue
         ann, data = dirs
@@ -591,7 +465,7 @@ def _coco_split(ann_file: Path, img_dir: Path, split: str, limit: int | None) ->
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
         raise InputError(ann_file, "expected a JSON object with 'images' and 'annotations' lists (COCO instances)")
-    pre = _Result()
+    pre = TaskResult()
     src = str(ann_file)
     images: dict[object, tuple[str, tuple[int, int] | None]] = {}
     for i, im in enumerate(data["images"]):
@@ -650,7 +524,7 @@ def _ytbb_split(csv_path: Path, frames_dir: Path, json_name: str, limit: int | N
     """YouTube-BB from the CSV and the downloaded frames `<d_set>/<class_id>/<yid>_<ms>_<class_id>_<obj>.jpg`
     (the layout of the YouTube-BB download scripts pysot uses). Written from spec 5.2: upstream's par_crop fails
     on Python 3 (spec 15.8)."""
-    pre = _Result()
+    pre = TaskResult()
     d_set = frames_dir.name
     src = str(csv_path)
     videos: dict[str, dict[tuple[int, int], _Frame]] = defaultdict(dict)
@@ -716,66 +590,6 @@ _UNIT_WORD = {"vid": "videos", "yt_bb": "videos", "coco": "images", "det": "imag
 
 
 # -- running ------------------------------------------------------------------------------------------------
-def default_workers() -> int:
-    """$ZOO_WORKERS, else every core (curation has no backend to leave a core for), at most 32."""
-    env = os.environ.get("ZOO_WORKERS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return max(1, min(32, os.cpu_count() or 1))
-
-
-def _run_tasks(tasks: list[tuple[Callable, list]], crop_root: str, pool: ProcessPoolExecutor | None,
-               workers: int) -> Iterator[_Result]:
-    """Results of the tasks as they finish: inline without a pool, else at most 2 x workers in flight (so an
-    interruption or an error waits for few)."""
-    if pool is None or len(tasks) <= 1:
-        for fn, jobs in tasks:
-            yield fn(jobs, crop_root)
-        return
-    todo = iter(tasks)
-    pending: set[Future[_Result]] = set()
-    try:
-        for fn, jobs in todo:
-            pending.add(pool.submit(fn, jobs, crop_root))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()  # a worker's exception (e.g. a full disk) stops the run here
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.add(pool.submit(nxt[0], nxt[1], crop_root))
-    finally:
-        for fut in pending:
-            fut.cancel()
-
-
-class _Progress:
-    """tqdm bar for a person at a terminal; otherwise a plain log line every `every` seconds."""
-
-    def __init__(self, label: str, total: int, unit: str, enabled: bool, every: float = 30.0) -> None:
-        self.label, self.total, self.unit, self.every = label, total, unit, every
-        tty = enabled and sys.stderr is not None and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=label, unit=unit[:-1], file=sys.stderr, disable=not tty, leave=False)
-        self.plain = enabled and not tty
-        self.done = self.crops = self.skipped = 0
-        self.start = self.last = time.monotonic()
-
-    def update(self, res: _Result) -> None:
-        self.done += res.units
-        self.crops += res.written + res.reused
-        self.skipped += len(res.skipped)
-        self.bar.update(res.units)
-        self.bar.set_postfix(crops=self.crops, skipped=self.skipped, refresh=False)
-        now = time.monotonic()
-        if self.plain and now - self.last >= self.every:
-            self.last = now
-            log.info("%s: %d/%d %s, %d crops, %d skipped (%.0f s)", self.label, self.done, self.total, self.unit,
-                     self.crops, self.skipped, now - self.start)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _check_params(crop_root: Path) -> None:
@@ -795,15 +609,7 @@ def _check_params(crop_root: Path) -> None:
                         crop_root)
         return
     crop_root.mkdir(parents=True, exist_ok=True)
-    _write_json(path, params, indent=1)
-
-
-def _write_json(path: Path, obj: object, indent: int | None = 4) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent, sort_keys=True)  # pysot's gen_json: indent 4, sorted keys
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, params, indent=1)
 
 
 def _json_counts(entries: dict) -> dict[str, int]:
@@ -819,8 +625,8 @@ def _curate_split(dataset: str, split: _Split, crop_root: str, pool: ProcessPool
     excluded.update(split.pre.excluded)
     entries: dict[str, dict] = {}
     tasks = [(split.task, split.jobs[i:i + split.chunk]) for i in range(0, len(split.jobs), split.chunk)]
-    bar = _Progress(f"{dataset} {split.json_name}", len(split.jobs), _UNIT_WORD[dataset], progress)
-    results = _run_tasks(tasks, crop_root, pool, workers)
+    bar = Progress(f"{dataset} {split.json_name}", len(split.jobs), _UNIT_WORD[dataset], progress)
+    results = run_tasks(tasks, crop_root, pool, workers)
     try:
         for res in results:
             for key, tracks in res.entries.items():
@@ -889,11 +695,11 @@ def curate(dataset: str, raw_root: Path, out_root: Path, *, workers: int | None 
         if report.n_skipped:
             why = f"all {report.n_skipped} objects were skipped (" + ", ".join(
                 f"{len(v)} {r}" for r, v in sorted(report.skipped.items())) + ")"
-        _write_json(out_dir / REPORT_NAME, report.to_dict(), indent=1)
+        write_json(out_dir / REPORT_NAME, report.to_dict(), indent=1)
         raise InputError(raw_root, f"{dataset}: nothing to curate: {why}; the files are listed in "
                                    f"{out_dir / REPORT_NAME}")
     for name, entries in outputs.items():
-        _write_json(out_dir / name, entries)
-    _write_json(out_dir / REPORT_NAME, report.to_dict(), indent=1)
+        write_json(out_dir / name, entries)
+    write_json(out_dir / REPORT_NAME, report.to_dict(), indent=1)
     (log.warning if report.n_skipped else log.info)("%s", report.summary())
     return report
