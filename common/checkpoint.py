@@ -33,6 +33,26 @@ def load_checkpoint(path: str | Path, *, safe_globals: Iterable[Any] = ()) -> Ma
     return obj
 
 
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The state_dict inside a training checkpoint (`{"state_dict": ..., "epoch": ...}`) or the mapping itself, with
+    DDP's `module.` prefix stripped; every other key unchanged, so a strict load can name it."""
+    inner = obj.get("state_dict")
+    if isinstance(inner, Mapping):
+        obj = inner
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def with_batch_counters(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """BatchNorm `num_batches_tracked` counters made optional: filled with 0 where `model` has one and the file
+    does not (old checkpoints; no effect with a fixed momentum or in eval), dropped where the model has none."""
+    expected = model.state_dict()
+    out = {k: v for k, v in state_dict.items() if not (k.endswith("num_batches_tracked") and k not in expected)}
+    for k, v in expected.items():
+        if k.endswith("num_batches_tracked") and k not in out:
+            out[k] = torch.zeros_like(v)
+    return out
+
+
 def load_strict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],

@@ -181,7 +181,7 @@ def train(bundle: str, data_dir: Path | None, out_dir: Path | None, device: str,
           checkpoint_every: int) -> None:
     """Train a training bundle on 1 device or N (torchrun: one process per device; several nodes with
     --nnodes and a rendezvous endpoint). Prints the equivalent plain torchrun line."""
-    from common.training.launch import LaunchSpec, launch, printable, under_torchrun
+    from common.training.launch import LaunchSpec, launch, printable, train_args, under_torchrun
 
     overrides = _parse_sets(sets)
     if data_dir is not None:
@@ -191,8 +191,8 @@ def train(bundle: str, data_dir: Path | None, out_dir: Path | None, device: str,
             raise ZooError("--nnodes > 1 needs --out (the same shared path on every node)")
         out_dir = Path("runs") / f"{bundle}-train-{time.strftime('%Y%m%d-%H%M%S')}"
     if not under_torchrun() and (devices > 1 or nnodes > 1):
-        args = ["train", bundle, "--out", str(out_dir), "--device", device, "--workers", str(workers),
-                "--checkpoint-every", str(checkpoint_every), *[f"--set={k}={v}" for k, v in overrides.items()]]
+        args = train_args(bundle, out_dir, overrides, "--checkpoint-every", str(checkpoint_every), device=device,
+                          workers=workers)
         args += ["--resume", str(resume)] if resume else []
         args += ["--stop-after", str(stop_after)] if stop_after is not None else []
         args += [] if amp is None else ["--amp" if amp else "--no-amp"]

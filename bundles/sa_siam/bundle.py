@@ -26,7 +26,7 @@ from torch import nn
 
 from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, Graph, PredictStats
-from common.checkpoint import load_checkpoint, load_strict
+from common.checkpoint import load_checkpoint, load_strict, unwrap_state_dict, with_batch_counters
 from common.errors import CheckpointError, InputError
 
 log = logging.getLogger("zoo.sa_siam")
@@ -44,14 +44,6 @@ class OtbDataset:
     sequences: list[Any]
 
 
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    sd = load_checkpoint(path)
-    inner = sd.get("state_dict")
-    if isinstance(inner, Mapping):
-        sd = inner
-    return {k.removeprefix("module."): v for k, v in sd.items()}
-
-
 def read_weights(weights: Path) -> dict[str, torch.Tensor]:
     """One checkpoint, or every *.pth of a folder merged (one branch each; overlapping keys are an error)."""
     if weights.is_dir():
@@ -60,13 +52,13 @@ def read_weights(weights: Path) -> dict[str, torch.Tensor]:
         if not files:
             raise InputError(weights, "no *.pth branch snapshot in this folder")
         for f in files:
-            sd = _state_dict(f)
+            sd = unwrap_state_dict(load_checkpoint(f))
             overlap = sorted(set(sd) & set(merged))
             if overlap:
                 raise CheckpointError(f, f"keys already given by another file of the folder: {overlap[:3]}")
             merged.update(sd)
         return merged
-    return _state_dict(weights)
+    return unwrap_state_dict(load_checkpoint(weights))
 
 
 def build_sa_siam(state_dict: Mapping[str, torch.Tensor] | None, *, source: str = "checkpoint") -> nn.Module:
@@ -80,14 +72,10 @@ def build_sa_siam(state_dict: Mapping[str, torch.Tensor] | None, *, source: str 
                                       "with the semantic one)")
     model = SASiam(AppearanceBranch(), SemanticBranch() if "semantic" in present else None)
     if state_dict is not None:
-        sd = dict(state_dict)
-        expected = model.state_dict()
-        for k, v in expected.items():  # BN counters are optional
-            if k.endswith("num_batches_tracked") and k not in sd:
-                sd[k] = torch.zeros_like(v)
         from common.upstream import bundle_upstream_keys
 
-        load_strict(model, sd, source=source, upstream=bundle_upstream_keys("sa_siam"))
+        load_strict(model, with_batch_counters(state_dict, model), source=source,
+                    upstream=bundle_upstream_keys("sa_siam"))
     return model.eval()
 
 

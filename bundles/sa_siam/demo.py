@@ -19,7 +19,7 @@ import torch
 
 from bundles.sa_siam.recipe import Recipe, SASiamTask, seed_loss_metric
 from common.errors import ZooError
-from common.training.launch import LaunchSpec, launch, printable
+from common.training.launch import LaunchSpec, launch, printable, train_args
 from common.training.log import read_jsonl
 from common.training.loop import LOG_FILE, SUMMARY_FILE, snapshot_path
 
@@ -79,8 +79,7 @@ def run_demo_training(train_dir: Path, *, cache: Path) -> tuple[Path, list[str]]
     if train_dir.exists():
         shutil.rmtree(train_dir)
     out = train_dir / "appearance"
-    args = ["train", "sa_siam", "--out", str(out), "--device", "cpu", "--workers", "1",
-            *[f"--set={k}={v}" for k, v in overrides.items()]]
+    args = train_args("sa_siam", out, overrides)
     spec = LaunchSpec(DEMO_PROCESSES)
     log.info("demo training: %s", printable(spec, args))
     if launch(spec, args, env={"OMP_NUM_THREADS": "1"}) != 0:

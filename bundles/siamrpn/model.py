@@ -249,17 +249,9 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
     """Loader contract of spec section 6.2: unwrap `state_dict`, strip `module.`, and make the BatchNorm
     `num_batches_tracked` counters optional (filled with 0 when absent, dropped when the model has none). Every
     other key is passed through untouched so `load_strict` can list what is missing or unexpected."""
-    inner = state_dict.get("state_dict")
-    if isinstance(inner, Mapping):
-        state_dict = inner
-    out = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    expected = model.state_dict()
-    for k, v in expected.items():
-        if k.endswith("num_batches_tracked") and k not in out:
-            out[k] = torch.zeros_like(v)  # no effect in eval mode
-    for k in [k for k in out if k.endswith("num_batches_tracked") and k not in expected]:
-        del out[k]
-    return out
+    from common.checkpoint import unwrap_state_dict, with_batch_counters
+
+    return with_batch_counters(unwrap_state_dict(state_dict), model)
 
 
 def siamrpn_r50_l234(state_dict: Mapping[str, torch.Tensor] | None = None, *, source: str = "checkpoint") -> SiamRPN:

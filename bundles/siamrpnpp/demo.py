@@ -26,7 +26,7 @@ import torch
 from bundles.siamrpnpp.recipe import Recipe, SiamRPNPPTask, apply_freeze, build_optimizer, set_epoch_lr
 from common.checkpoint import load_strict
 from common.errors import ZooError
-from common.training.launch import LaunchSpec, launch, printable
+from common.training.launch import LaunchSpec, launch, printable, train_args
 from common.training.loop import RESUME_FILE, SUMMARY_FILE, snapshot_path
 from common.training.sampler import ShardedSampler
 from common.training.state import read_checkpoint
@@ -55,8 +55,7 @@ def curate_demo_data(cache: Path) -> Path:
 
 
 def _launch(out: Path, overrides: dict[str, str], *extra: str) -> None:
-    args = ["train", "siamrpnpp", "--out", str(out), "--device", "cpu", "--workers", "1",
-            *[f"--set={k}={v}" for k, v in overrides.items()], *extra]
+    args = train_args("siamrpnpp", out, overrides, *extra)
     spec = LaunchSpec(DEMO_PROCESSES)
     log.info("demo training: %s", printable(spec, args))
     rc = launch(spec, args, env={"OMP_NUM_THREADS": "1"})

@@ -32,7 +32,7 @@ from torch import nn
 
 from bundles.siamrpn.model import SiamRPN
 from bundles.siamrpnpp.loss import total_loss
-from common.checkpoint import load_checkpoint, load_strict
+from common.checkpoint import load_checkpoint, load_strict, unwrap_state_dict, with_batch_counters
 from common.errors import CheckpointError
 from common.training.loop import TrainingTask
 from common.training.recipe import with_overrides
@@ -143,20 +143,12 @@ def load_pretrained_backbone(model: SiamRPN, path: Path) -> str:
     Returns the file's sha256 for the report."""
     from common.fetch import file_digest
 
-    sd = load_checkpoint(path)
-    inner = sd.get("state_dict")
-    if isinstance(inner, Mapping):
-        sd = inner
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if k.removeprefix("module.") not in BACKBONE_IGNORED}
+    sd = {k: v for k, v in unwrap_state_dict(load_checkpoint(path)).items() if k not in BACKBONE_IGNORED}
     if sd and all(k.startswith("backbone.") for k in sd):
         raise CheckpointError(path, "keys carry a 'backbone.' prefix: this is a whole-tracker checkpoint (e.g. the "
                                     "MODEL_ZOO model.pth the Ascend README renames), not the ImageNet backbone "
                                     "resnet50.model (spec section 11)")
-    expected = model.backbone.state_dict()
-    for k, v in expected.items():  # BN counters are optional in old checkpoints
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = torch.zeros_like(v)
-    load_strict(model.backbone, sd, source=str(path))
+    load_strict(model.backbone, with_batch_counters(sd, model.backbone), source=str(path))
     return file_digest(path)
 
 

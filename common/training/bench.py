@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from common.errors import ZooError
-from common.training.launch import LaunchSpec, launch
+from common.training.launch import LaunchSpec, launch, train_args
 from common.training.log import read_jsonl
 from common.training.loop import LOG_FILE
 
@@ -17,8 +17,7 @@ def loop_throughput(bundle: str, out: Path, overrides: Mapping[str, str], *, pro
                     device: str = "cpu", workers: int = 1) -> float:
     """Median pairs (examples) per second over all ranks of the logged steps after the first (which includes
     start-up), for `stop_after` iterations of `zoo train <bundle>` on `processes` processes."""
-    args = ["train", bundle, "--out", str(out), "--device", device, "--workers", str(workers),
-            "--stop-after", str(stop_after), *[f"--set={k}={v}" for k, v in overrides.items()]]
+    args = train_args(bundle, out, overrides, "--stop-after", str(stop_after), device=device, workers=workers)
     if launch(LaunchSpec(processes), args) != 0:
         raise ZooError(f"benchmark training run failed (the failing rank is named above): {out}")
     rates = [r["pairs_per_s"] for r in read_jsonl(out / LOG_FILE)[1:]]

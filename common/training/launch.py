@@ -15,7 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -32,6 +32,14 @@ class LaunchSpec:
 def under_torchrun() -> bool:
     """True inside a process torchrun started (it always sets these)."""
     return "LOCAL_RANK" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def train_args(bundle: str, out: str | os.PathLike, overrides: Mapping[str, object], *extra: str,
+               device: str = "cpu", workers: int = 1) -> list[str]:
+    """The `zoo train` arguments every rank runs: bundle, run directory, device kind, loader workers, recipe
+    overrides (`--set k=v`), then `extra` options (--resume, --stop-after, ...)."""
+    return ["train", bundle, "--out", str(out), "--device", device, "--workers", str(workers),
+            *[f"--set={k}={v}" for k, v in overrides.items()], *extra]
 
 
 def torchrun_args(spec: LaunchSpec) -> list[str]:
