@@ -12,8 +12,6 @@ import json
 import logging
 import math
 import os
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-from tqdm import tqdm
 
 from common.errors import InputError
+from common.progress import Progress
 
 log = logging.getLogger("zoo.curate")
 
@@ -214,31 +212,17 @@ def run_tasks(tasks: list[tuple[Callable, list]], crop_root: str, pool: ProcessP
             fut.cancel()
 
 
-class Progress:
-    """tqdm bar for a person at a terminal; otherwise a plain log line every `every` seconds."""
+class CurationProgress(Progress):
+    """common.progress.Progress counting work units, with the crops written and items skipped so far."""
 
-    def __init__(self, label: str, total: int, unit: str, enabled: bool, every: float = 30.0) -> None:
-        self.label, self.total, self.unit, self.every = label, total, unit, every
-        tty = enabled and sys.stderr is not None and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=label, unit=unit[:-1], file=sys.stderr, disable=not tty, leave=False)
-        self.plain = enabled and not tty
-        self.done = self.crops = self.skipped = 0
-        self.start = self.last = time.monotonic()
+    def __init__(self, label: str, total: int, unit: str, enabled: bool) -> None:
+        super().__init__(total, desc=label, unit=unit.rstrip("s"), enabled=enabled)
+        self.crops = self.skipped = 0
 
-    def update(self, res: TaskResult) -> None:
-        self.done += res.units
+    def add(self, res: TaskResult) -> None:
         self.crops += res.written + res.reused
         self.skipped += len(res.skipped)
-        self.bar.update(res.units)
-        self.bar.set_postfix(crops=self.crops, skipped=self.skipped, refresh=False)
-        now = time.monotonic()
-        if self.plain and now - self.last >= self.every:
-            self.last = now
-            log.info("%s: %d/%d %s, %d crops, %d skipped (%.0f s)", self.label, self.done, self.total, self.unit,
-                     self.crops, self.skipped, now - self.start)
-
-    def close(self) -> None:
-        self.bar.close()
+        self.update(res.units, crops=self.crops, skipped=self.skipped)
 
 
 def write_json(path: Path, obj: object, indent: int | None = 4) -> None:

@@ -4,8 +4,6 @@ multi-process batch split, branch snapshots loading into the tracker model, and 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -158,12 +156,9 @@ def test_paper_row_without_the_semantic_branch_is_not_reproduced(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_demo_trains_two_processes_and_tracks(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "common", "demo", "sa_siam", "--out", str(out),
-                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "sa_siam: DEMO-PASS" in r.stdout
+def test_demo_trains_two_processes_and_tracks(demo_run) -> None:
+    out = demo_run("sa_siam")
+    assert "sa_siam: DEMO-PASS" in (out.parent / "sa_siam.log").read_text()
     report = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in report["checks"]]
     assert any(n.startswith("loss falls on an overfit set") for n in names)

@@ -198,12 +198,9 @@ def test_recipe_overrides_are_typed_and_checked() -> None:
 
 # -- the demo end to end ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_demo_trains_two_processes_resumes_and_evaluates(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "common", "demo", "siamrpnpp", "--out", str(out),
-                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "siamrpnpp: DEMO-PASS" in r.stdout
+def test_demo_trains_two_processes_resumes_and_evaluates(demo_run) -> None:
+    out = demo_run("siamrpnpp")
+    assert "siamrpnpp: DEMO-PASS" in (out.parent / "siamrpnpp.log").read_text()
     report = json.loads((out / "report.json").read_text())
     names = [c["name"] for c in report["checks"]]
     assert any(n.startswith("2-process step == 1-process step") for n in names)

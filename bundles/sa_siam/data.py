@@ -50,9 +50,9 @@ from common.curation import (
     EMPTY_VIDEO,
     MISSING_IMAGE,
     VID_SUBSETS,
+    CurationProgress,
     CurationReport,
     Malformed,
-    Progress,
     TaskResult,
     default_workers,
     ilsvrc_root,
@@ -293,14 +293,14 @@ def curate_vid(raw_root: Path, out_root: Path, *, workers: int | None = None, pr
     # spawn, not fork: a forked OpenCV thread pool can deadlock
     pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                 initializer=single_thread_cv2) if workers > 1 and len(tasks) > 1 else None)
-    bar = Progress("sa_siam VID", len(jobs), "videos", progress)
+    bar = CurationProgress("sa_siam VID", len(jobs), "videos", progress)
     results = run_tasks(tasks, str(crop_root), pool, workers)
     try:
         for res in results:
             skipped.extend(res.skipped)
             report.crops_written += res.written
             report.crops_reused += res.reused
-            bar.update(res)
+            bar.add(res)
     except KeyboardInterrupt:
         log.warning("sa_siam VID: interrupted; the %d crops written so far are kept; run again to resume",
                     report.crops_written)

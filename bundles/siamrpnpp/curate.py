@@ -49,9 +49,9 @@ from common.curation import (
     MISSING_IMAGE,
     OUTSIDE,
     VID_SUBSETS,
+    CurationProgress,
     CurationReport,
     Malformed,
-    Progress,
     TaskResult,
     default_workers,
     ilsvrc_root,
@@ -625,7 +625,7 @@ def _curate_split(dataset: str, split: _Split, crop_root: str, pool: ProcessPool
     excluded.update(split.pre.excluded)
     entries: dict[str, dict] = {}
     tasks = [(split.task, split.jobs[i:i + split.chunk]) for i in range(0, len(split.jobs), split.chunk)]
-    bar = Progress(f"{dataset} {split.json_name}", len(split.jobs), _UNIT_WORD[dataset], progress)
+    bar = CurationProgress(f"{dataset} {split.json_name}", len(split.jobs), _UNIT_WORD[dataset], progress)
     results = run_tasks(tasks, crop_root, pool, workers)
     try:
         for res in results:
@@ -637,7 +637,7 @@ def _curate_split(dataset: str, split: _Split, crop_root: str, pool: ProcessPool
             excluded.update(res.excluded)
             report.crops_written += res.written
             report.crops_reused += res.reused
-            bar.update(res)
+            bar.add(res)
     except KeyboardInterrupt:
         log.warning("%s: interrupted; the %d crops written so far are kept; run again to resume (the JSON files "
                     "are written only by a complete run)", dataset, report.crops_written)

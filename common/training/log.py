@@ -1,12 +1,10 @@
-"""What rank 0 records while training: a JSONL log (one object per logged step), progress on the terminal (a tqdm
-bar) or periodic plain lines when stderr is not a terminal (containers, CI), and the loss / LR / throughput plot."""
+"""What rank 0 records while training: a JSONL log (one object per logged step) and the loss / LR / throughput
+plot (progress: common.progress)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,50 +35,6 @@ class JsonlLog:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-class Progress:
-    """Steps done, steps/s and ETA: a tqdm bar on a terminal, else a plain log line every `every_s` seconds."""
-
-    def __init__(self, total: int, initial: int = 0, *, desc: str = "train", enabled: bool = True,
-                 every_s: float = 30.0, unit: str = "step"):
-        self.total, self.done, self.desc, self.unit = total, initial, desc, unit
-        self.enabled, self.every_s = enabled, every_s
-        self._t0 = time.monotonic()
-        self._start = initial
-        self._last = 0.0
-        self._bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
-
-    def update(self, n: int = 1, **postfix: float) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.update(n)
-            if postfix:
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            print(self.line(postfix), file=sys.stderr, flush=True)
-
-    def line(self, postfix: Mapping[str, float] | None = None) -> str:
-        elapsed = time.monotonic() - self._t0
-        rate = (self.done - self._start) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        extra = " ".join(f"{k}={v:.4g}" for k, v in (postfix or {}).items())
-        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?"
-        return (f"{self.desc}: {self.done}/{self.total} {self.unit}s ({100 * self.done / max(1, self.total):.1f} %), "
-                f"{rate:.3g} {self.unit}/s, ETA {eta_s} {extra}").rstrip()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 def plot_training(records: list[Mapping[str, Any]], png: Path, *, title: str = "training") -> Path | None:

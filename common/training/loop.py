@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.checkpoint import load_strict
 from common.errors import CheckpointError, ZooError
+from common.progress import Progress
 from common.training import distributed as D
-from common.training.log import JsonlLog, Progress, plot_training, read_jsonl
+from common.training.log import JsonlLog, plot_training, read_jsonl
 from common.training.sampler import ShardedSampler
 from common.training.state import ResumePoint, capture_rng, read_checkpoint, restore_rng, save_checkpoint
 
