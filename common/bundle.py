@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from common.backends.base import Backend
 from common.manifest import Manifest, ModelIO, bundle_manifest
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is rendered
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,20 @@ class Bundle(ABC):
         """Run inference + post-processing over the dataset with `backends` (one per graph name); write raw
         predictions into `run_dir`."""
 
+    def shard(self, dataset: Any, rank: int, world_size: int, *, batch_size: int) -> Any:
+        """Sharded evaluation (`zoo eval --devices N`): the part of `dataset` that rank `rank` predicts. The parts
+        are disjoint, cover the dataset, and cut at batch boundaries (common.sharding.shard_ranges)."""
+        from common.errors import ZooError
+
+        raise ZooError(f"{self.name}: sharded evaluation is not implemented for this bundle")
+
+    def merge_predictions(self, shards: Sequence[tuple[Any, Path]], run_dir: Path) -> None:
+        """Rank 0 of a sharded evaluation: write into `run_dir` exactly what one process predicting the whole
+        dataset writes, from each rank's (part, prediction folder) in rank order."""
+        from common.errors import ZooError
+
+        raise ZooError(f"{self.name}: sharded evaluation is not implemented for this bundle")
+
     @abstractmethod
     def score(self, run_dir: Path) -> dict[str, float]:
         """Recompute every metric from the run directory alone (predictions + ground truth files)."""
@@ -144,6 +161,11 @@ class Bundle(ABC):
 
     def summary_lines(self, run_dir: Path, metrics: Mapping[str, float]) -> list[str]:
         """Extra Markdown lines for the report (per-class / per-sequence tables)."""
+        return []
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """Plots for report.html as (title, matplotlib Figure), recomputed from the run directory (after `score`).
+        Optional; the renderer turns an exception here into a visible note, never a failed run."""
         return []
 
     # -- training bundles (siamrpnpp, sa_siam) ---------------------------------------------------------------

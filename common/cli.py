@@ -61,23 +61,92 @@ def _eval_options(f):  # shared options of `eval` and `demo`
     return f
 
 
-def _run(bundle: str, demo: bool, out_dir: Path | None, **kw) -> None:
-    from common.pipeline import EvalOptions, evaluate
+def _launch_options(f):  # sharded evaluation: `eval` and `demo` on N processes / nodes (torchrun)
+    for opt in reversed([
+        click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+                     help="Processes (devices) per node: >1 (or --nnodes >1) shards the evaluation with torchrun; "
+                     "process i uses device i of its host (npu:i / cuda:i; CPU: the cores split)."),
+        click.option("--nnodes", type=click.IntRange(1), default=1, show_default=True),
+        click.option("--node-rank", type=click.IntRange(0), default=0, show_default=True),
+        click.option("--rdzv-endpoint", help="host:port of the rendezvous, reachable from every node."),
+        click.option("--rdzv-id", default="zoo-eval", show_default=True),
+        click.option("--master-port", type=click.IntRange(1, 65535), help="Single node: fixed port [a free one]."),
+    ]):
+        f = opt(f)
+    return f
 
-    opts = EvalOptions(bundle=bundle, out_dir=out_dir or _default_out(bundle, demo), demo=demo, **kw)
+
+def eval_args(command: str, bundle: str, out_dir: Path, **kw) -> list[str]:
+    """The `zoo eval|demo` arguments every rank of a sharded evaluation runs (options left at None omitted)."""
+    flags = {"published_run": "--run", "backend": "--backend", "device": "--device", "batch_size": "--batch-size",
+             "limit": "--limit", "om_dir": "--om-dir", "cache_dir": "--cache", "data_dir": "--data",
+             "weights": "--weights"}
+    args = [command, bundle, "--out", str(out_dir)]
+    for key, value in kw.items():
+        if key not in flags:
+            raise ValueError(f"no command-line flag for {key}")
+        if value is not None:
+            args += [flags[key], str(value)]
+    return args
+
+
+def _run(bundle: str, demo: bool, out_dir: Path | None, launch: dict | None = None, **kw) -> None:
+    from common.pipeline import EvalOptions, evaluate
+    from common.training.launch import LaunchSpec, under_torchrun
+
+    out_dir = out_dir or _default_out(bundle, demo)
+    spec = LaunchSpec(**launch) if launch else LaunchSpec()
+    if not under_torchrun() and (spec.nproc_per_node > 1 or spec.nnodes > 1):
+        _launch_sharded(spec, eval_args("demo" if demo else "eval", bundle, out_dir, **kw), out_dir)
+    opts = EvalOptions(bundle=bundle, out_dir=out_dir, demo=demo, **kw)
     report = evaluate(opts)
+    if report is None:  # a rank other than 0: it sent its shard; rank 0 reports
+        return
     for c in report.checks:
         click.echo(c.line())
     click.echo(f"{bundle}: {report.verdict}  (report: {opts.out_dir / 'report.md'})")
-    sys.exit(report.exit_code)
+    # Under torchrun a completed run exits 0 whatever its verdict (torchrun would call a FAIL verdict a crashed
+    # rank); the launcher reads the verdict from report.json.
+    sys.exit(0 if under_torchrun() else report.exit_code)
+
+
+def _launch_sharded(spec, args: list[str], out_dir: Path) -> None:
+    """Re-run this evaluation under torchrun; exit with the verdict rank 0 wrote, or fail naming torchrun's
+    failure (each failed rank prints `error: rank N: ...`)."""
+    import json
+
+    from common.training.launch import launch, printable
+
+    if spec.nnodes > 1 and not out_dir.is_absolute():
+        click.echo(f"note: --out {out_dir} is relative; rank 0's node writes the run directory", err=True)
+    report = out_dir / "report.json"
+    report.unlink(missing_ok=True)  # never read a verdict a previous run left here
+    click.echo(f"launching: {printable(spec, args)}", err=True)
+    rc = launch(spec, args)
+    if rc != 0:
+        raise ZooError(f"sharded evaluation failed (torchrun exit {rc}): the failing rank and its error are printed "
+                       "above; no result is claimed")
+    if spec.node_rank != 0:
+        click.echo(f"node {spec.node_rank}: shards done; node 0 writes the report")
+        sys.exit(0)
+    verdict = json.loads(report.read_text())["verdict"]
+    sys.exit(0 if verdict.endswith("PASS") else 1)
+
+
+def _launch_spec(devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_id: str,
+                 master_port: int | None) -> dict:
+    return {"nproc_per_node": devices, "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint,
+            "rdzv_id": rdzv_id, "master_port": master_port}
 
 
 @main.command()
 @click.argument("bundle", type=BUNDLE)
 @_eval_options
-def demo(bundle: str, out_dir: Path | None, **kw) -> None:
+@_launch_options
+def demo(bundle: str, out_dir: Path | None, devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
+         rdzv_id: str, master_port: int | None, **kw) -> None:
     """Run the whole pipeline on synthetic data and random weights (says DEMO; claims nothing published)."""
-    _run(bundle, True, out_dir, **kw)
+    _run(bundle, True, out_dir, _launch_spec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port), **kw)
 
 
 @main.command("eval")
@@ -88,16 +157,23 @@ def demo(bundle: str, out_dir: Path | None, **kw) -> None:
 @click.option("--epochs", help="Training bundles: evaluate snapshots checkpoint_e<N>.pth for N in e.g. 11-20 or "
               "10,19,20 and write a table (snapshots.md).")
 @_eval_options
+@_launch_options
 def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, epochs: str | None, out_dir: Path | None,
-             **kw) -> None:
+             devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_id: str,
+             master_port: int | None, **kw) -> None:
     """Evaluate on the real dataset and verify against the published numbers.
 
     With neither --data nor --weights and nothing fetched into the cache, runs the demo instead and says so."""
     from common.bundle import load_bundle
     from common.fetch import default_cache_dir
 
+    launch = _launch_spec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port)
     if epochs is not None:
         from common.pipeline import EvalOptions, evaluate_snapshots, parse_epochs, snapshot_files
+
+        if devices > 1 or nnodes > 1:
+            raise ZooError("--epochs evaluates snapshots one after the other on one device; shard one snapshot "
+                           "at a time with --weights <checkpoint_eN.pth> --devices N")
 
         if weights is None or data_dir is None:
             raise ZooError("--epochs needs --weights (the snapshot folder) and --data")
@@ -115,8 +191,8 @@ def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, epochs: s
     if data_dir is None and weights is None and b.locate(None, None, cache) is None:
         click.echo(f"{bundle}: no real dataset/weights given or cached -> running the DEMO on synthetic data "
                    f"(pass --data and --weights, or `zoo fetch {bundle}`, for a real evaluation)", err=True)
-        _run(bundle, True, out_dir, **kw)
-    _run(bundle, False, out_dir, data_dir=data_dir, weights=weights, **kw)
+        _run(bundle, True, out_dir, launch, **kw)
+    _run(bundle, False, out_dir, launch, data_dir=data_dir, weights=weights, **kw)
 
 
 @main.command()

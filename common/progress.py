@@ -29,7 +29,8 @@ class Progress:
     def __init__(self, total: int, initial: int = 0, *, desc: str, unit: str = "item", enabled: bool = True,
                  every_s: float = 30.0):
         self.total, self.done, self.desc, self.unit = total, initial, desc, unit
-        self.enabled = enabled and os.environ.get("ZOO_PROGRESS", "1") != "0"
+        # One voice per job: only rank 0 of a torchrun job reports (the others would interleave their lines).
+        self.enabled = enabled and os.environ.get("ZOO_PROGRESS", "1") != "0" and os.environ.get("RANK", "0") == "0"
         self.every_s = _every_s(every_s)
         self._t0 = self._last = time.monotonic()
         self._start = initial

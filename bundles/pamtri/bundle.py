@@ -8,9 +8,10 @@ in CSV row order), `features_query.npy` / `features_gallery.npy` (predict: the `
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +30,11 @@ from common.checkpoint import random_state_dict
 from common.errors import InputError
 from common.imageio import load_image_bgr
 from common.metrics.reid import REPORT_RANKS, ReidResult, evaluate
+from common.progress import Progress
+from common.sharding import shard_ranges
+
+if TYPE_CHECKING:  # matplotlib is imported only when report.html is rendered
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("zoo.pamtri")
 
@@ -133,6 +139,7 @@ class PamtriBundle(Bundle):
 
         backend = backends["model"]
         stats = PredictStats()
+        bar = Progress(sum(len(part) for part in dataset.values()), desc="pamtri infer", unit="image")
         for split, part in dataset.items():
             feats = np.empty((len(part), EMBEDDING_DIM), dtype=np.float32)
             # Images load and pre-process in background threads while the backend runs the previous batch.
@@ -141,10 +148,28 @@ class PamtriBundle(Bundle):
                 outputs = backend.run({"input": pad_batch(np.stack(images), batch_size)})
                 feats[indices.start : indices.stop] = _embedding(outputs, f"{backend.name} output")[: len(indices)]
                 stats.items += len(indices)
+                bar.update(len(indices))
             np.save(run_dir / FEATURES[split], feats)
             stats.extra[f"{split}_images"] = len(part)
+        bar.close()
         stats.extra["checkpoint"] = {k: v for k, v in self.checkpoint_meta.items()}
         return stats
+
+    def shard(self, dataset: dict[str, data.VeriSplit], rank: int, world_size: int, *,
+              batch_size: int) -> dict[str, data.VeriSplit]:
+        """A contiguous block of the query rows and one of the gallery rows."""
+        out = {}
+        for split, part in dataset.items():
+            r = shard_ranges(len(part), world_size, batch_size)[rank]
+            out[split] = replace(part, names=part.names[r.start:r.stop], pids=part.pids[r.start:r.stop],
+                                 camids=part.camids[r.start:r.stop])
+        return out
+
+    def merge_predictions(self, shards: Sequence[tuple[dict[str, data.VeriSplit], Path]], run_dir: Path) -> None:
+        """Feature rows of every shard, concatenated in rank order (= CSV row order)."""
+        for split, name in FEATURES.items():
+            rows = [_load_features(folder / name, len(part[split])) for part, folder in shards]
+            np.save(run_dir / name, np.concatenate(rows))
 
     def metric_benchmark(self) -> dict[str, float]:
         from common.metrics.reid import benchmark
@@ -202,6 +227,15 @@ class PamtriBundle(Bundle):
         lines.append(f"| {metrics['mAP']:.2f} | " + " | ".join(f"{metrics[f'rank{r}']:.2f}" for r in ranks)
                      + f" | {int(metrics['num_valid_queries'])} | {int(metrics['num_skipped_queries'])} |")
         return lines
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """The CMC curve, rank 1..50, recomputed from the run's features (the report keeps only 5 ranks)."""
+        from common.plots import cmc_figure
+
+        gt = data.read_ground_truth(run_dir / GROUND_TRUTH)
+        result = score_features(gt, _load_features(run_dir / FEATURES["query"], len(gt["query_pids"])),
+                                _load_features(run_dir / FEATURES["gallery"], len(gt["gallery_pids"])))
+        return [("CMC curve", cmc_figure(result.cmc, result.mAP, title=self.name))]
 
 
 BUNDLE = PamtriBundle()

@@ -6,9 +6,10 @@ upstream detection-file format, rounding included), from which `score` recompute
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -21,7 +22,12 @@ from common.checkpoint import load_checkpoint, save_random_checkpoint
 from common.errors import InputError
 from common.imageio import load_image_bgr
 from common.metrics.voc import ClassDetections, evaluate
+from common.progress import Progress, track
+from common.sharding import shard_ranges
 from common.stream import PostPool, pad_batch, prefetched_batches
+
+if TYPE_CHECKING:  # matplotlib is imported only when report.html is rendered
+    from matplotlib.figure import Figure
 
 GROUND_TRUTH = "ground_truth.json"
 RESULTS = "results"
@@ -60,7 +66,8 @@ class RefineDetBundle(Bundle):
         voc = data.find_voc2007(data_dir)
         ids = data.read_image_ids(voc)[:limit]
         # Validate everything before inference starts: a bad file fails the run up front, never half-way.
-        objects = [data.parse_annotation(voc / "Annotations" / f"{i}.xml") for i in ids]
+        objects = [data.parse_annotation(voc / "Annotations" / f"{i}.xml")
+                   for i in track(ids, len(ids), desc="refinedet prepare", unit="annotation")]
         for i in ids:
             path = voc / "JPEGImages" / f"{i}.jpg"
             if not path.is_file():
@@ -78,13 +85,16 @@ class RefineDetBundle(Bundle):
             return data.preprocess(image), (image.shape[1], image.shape[0])
 
         pool: PostPool[list[post.ImageDetections]] = PostPool()
+        bar = Progress(len(dataset.image_ids), desc="refinedet infer+post", unit="image")
         try:
             for indices, items in prefetched_batches(len(dataset.image_ids), load, batch_size):
                 outputs = backend.run({"image": pad_batch(np.stack([x for x, _ in items]), batch_size)})
                 pool.submit(post.pixel_detections_for_batch, outputs, [size for _, size in items])
                 stats.items += len(indices)
+                bar.update(len(indices))
         finally:
             per_batch = pool.drain()
+            bar.close()
         dets = [d for batch in per_batch for d in batch]
         # Raw predictions (float32, before the det-file rounding): `score` applies upstream's rounding exactly
         # and exports the det_test files, so no text formatting competes with inference here.
@@ -96,6 +106,22 @@ class RefineDetBundle(Bundle):
         stats.extra["detections"] = int(sum(d.labels.size for d in dets))
         stats.extra["detections_per_image"] = round(stats.extra["detections"] / max(1, stats.items), 1)
         return stats
+
+    def shard(self, dataset: VocTestSet, rank: int, world_size: int, *, batch_size: int) -> VocTestSet:
+        part = shard_ranges(len(dataset.image_ids), world_size, batch_size)[rank]
+        return VocTestSet(dataset.voc_dir, dataset.image_ids[part.start:part.stop],
+                          dataset.objects[part.start:part.stop])
+
+    def merge_predictions(self, shards: Sequence[tuple[VocTestSet, Path]], run_dir: Path) -> None:
+        """detections.npz of each shard, image indices shifted by the images of the shards before it."""
+        arrays: dict[str, list[np.ndarray]] = {"image_index": [], "labels": [], "scores": [], "boxes": []}
+        offset = 0
+        for part, folder in shards:
+            with np.load(folder / DETECTIONS, allow_pickle=False) as z:
+                for key in arrays:
+                    arrays[key].append(z[key] + offset if key == "image_index" else z[key])
+            offset += len(part.image_ids)
+        np.savez(run_dir / DETECTIONS, **{k: np.concatenate(v) for k, v in arrays.items()})
 
     def score(self, run_dir: Path) -> dict[str, float]:
         image_ids, objects = data.read_ground_truth(run_dir / GROUND_TRUTH)
@@ -139,6 +165,17 @@ class RefineDetBundle(Bundle):
         lines = ["| class | AP (%) |", "|---|---|"]
         lines += [f"| {name} | {metrics[f'AP/{name}']:.2f} |" for name in data.VOC_CLASSES]
         return lines
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """Precision / recall curve per class, recomputed from the run directory as `score` does."""
+        from common.plots import pr_curves_figure
+
+        image_ids, objects = data.read_ground_truth(run_dir / GROUND_TRUTH)
+        result = evaluate(_rounded_detections(run_dir / DETECTIONS, len(image_ids)),
+                          data.ground_truth_by_class(objects))
+        curves = {n: (c.recall, c.precision, c.ap) for n, c in result.per_class.items()}
+        title = f"{self.name}: precision / recall per class (VOC07 11-point, mAP {100 * result.mean_ap:.2f} %)"
+        return [("precision / recall per class", pr_curves_figure(curves, title=title))]
 
 
 def _rounded_detections(path: Path, n_images: int) -> dict[str, ClassDetections]:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,11 @@ from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, Graph, PredictStats
 from common.checkpoint import load_checkpoint, load_strict, unwrap_state_dict, with_batch_counters
 from common.errors import CheckpointError, InputError
+from common.progress import Progress
+from common.sharding import balanced_groups, merge_by_copy
+
+if TYPE_CHECKING:  # matplotlib is imported only when report.html is rendered
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("zoo.sa_siam")
 
@@ -170,9 +175,11 @@ class SASiamBundle(Bundle):
         out.mkdir(parents=True, exist_ok=True)
         stats = PredictStats()
         t_all = time.perf_counter()
+        bar = Progress(sum(len(s.frames) for s in dataset.sequences), desc="sa_siam tracking", unit="frame")
         for seq in dataset.sequences:
             res, tim = out / f"{seq.name}.txt", out / f"{seq.name}.time.json"
             if res.is_file() and tim.is_file():
+                bar.update(len(seq.frames))
                 continue
             frames = [seq.load(i) for i in range(len(seq.frames))]
             t0 = time.perf_counter()
@@ -182,8 +189,18 @@ class SASiamBundle(Bundle):
             tim.write_text(json.dumps({"seconds": seconds, "frames": len(frames)}))
             log.info("%s: %d frames, %.1f fps", seq.name, len(frames), (len(frames) - 1) / max(seconds, 1e-9))
             stats.items += len(frames)
+            bar.update(len(frames))
+        bar.close()
         stats.seconds = time.perf_counter() - t_all
         return stats
+
+    def shard(self, dataset: OtbDataset, rank: int, world_size: int, *, batch_size: int) -> OtbDataset:
+        """Whole sequences, balanced by frame count (a sequence's result does not depend on the others)."""
+        groups = balanced_groups([len(s.frames) for s in dataset.sequences], world_size)
+        return OtbDataset(dataset.name, [dataset.sequences[i] for i in groups[rank]])
+
+    def merge_predictions(self, shards: Sequence[tuple[OtbDataset, Path]], run_dir: Path) -> None:
+        merge_by_copy([folder for _, folder in shards], run_dir)
 
     def _load_run(self, run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, dict]]:
         gt_path = run_dir / GROUND_TRUTH
@@ -255,6 +272,15 @@ class SASiamBundle(Bundle):
         if train.is_file():
             lines += ["", "![training loss and LR](train/appearance/train_plot.png)"]
         return lines
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """OTB success and precision plots, then the demo training's loss / LR / throughput (run_dir/train)."""
+        from common.plots import otb_figure, training_figures
+
+        gts, results, _ = self._load_run(run_dir)
+        otb = otb_figure(results, gts, title=f"{self.name}: OTB one-pass evaluation")
+        return [("OTB success and precision plots", otb)] + training_figures(run_dir / "train",
+                                                                              title=f"{self.name} training")
 
 
 BUNDLE = SASiamBundle()

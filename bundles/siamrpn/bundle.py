@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -36,6 +37,8 @@ from common.backends.base import Backend
 from common.bundle import Bundle, Check, DemoAssets, Graph, PredictStats
 from common.checkpoint import load_checkpoint
 from common.errors import InputError
+from common.progress import Progress
+from common.sharding import balanced_groups, merge_by_copy
 from common.tracking.data import VotSequence, make_synthetic_vot, read_vot
 from common.tracking.vot import (
     FAILURE,
@@ -49,6 +52,9 @@ from common.tracking.vot import (
     run_supervised,
     write_trajectory,
 )
+
+if TYPE_CHECKING:  # matplotlib is imported only when report.html is rendered
+    from matplotlib.figure import Figure
 
 log = logging.getLogger("zoo.siamrpn")
 
@@ -141,10 +147,12 @@ class SiamRPNBundle(Bundle):
         resumed = 0
         t_all = time.perf_counter()
         tracking_s = 0.0
+        bar = Progress(sum(len(s.frames) for s in dataset.sequences), desc=f"{self.name} tracking", unit="frame")
         for seq in dataset.sequences:
             res, tim = result_file(run_dir, dataset.name, seq.name), time_file(run_dir, dataset.name, seq.name)
             if res.is_file() and tim.is_file():
                 resumed += 1
+                bar.update(len(seq.frames))
                 continue
             loaders = [(lambda i=i, s=seq: s.load(i)) for i in range(len(seq.frames))]
             pre0, frame0 = tracker.preprocess_s, tracker.frame_s
@@ -160,12 +168,22 @@ class SiamRPNBundle(Bundle):
             log.info("%s: %d frames, %d failures, %.1f fps", seq.name, len(traj.flags), traj.failures, fps)
             stats.items += len(traj.flags)
             tracking_s += traj.seconds
+            bar.update(len(seq.frames), failures=traj.failures)
+        bar.close()
         stats.seconds = time.perf_counter() - t_all
         stats.extra["tracking_seconds"] = tracking_s
         stats.extra.update({"resumed_sequences": resumed, "graphs": record["graphs"],
                             "published_run": record["published_run"], **{f"tracker.{k}": v for k, v in
                                                                          asdict(config).items()}})
         return stats
+
+    def shard(self, dataset: VotDataset, rank: int, world_size: int, *, batch_size: int) -> VotDataset:
+        """Whole sequences, balanced by frame count (a sequence's result does not depend on the others)."""
+        groups = balanced_groups([len(s.frames) for s in dataset.sequences], world_size)
+        return VotDataset(dataset.name, [dataset.sequences[i] for i in groups[rank]])
+
+    def merge_predictions(self, shards: Sequence[tuple[VotDataset, Path]], run_dir: Path) -> None:
+        merge_by_copy([folder for _, folder in shards], run_dir)
 
     def _load_run(self, run_dir: Path) -> tuple[str, dict[str, Trajectory], dict[str, SequenceGT], dict[str, dict]]:
         gt_path = run_dir / GROUND_TRUTH
@@ -265,6 +283,16 @@ class SiamRPNBundle(Bundle):
                   f"| {scores.accuracy:.3f} | {scores.robustness:.3f} | {scores.lost:.1f} | {scores.eao:.3f} | "
                   f"{metrics.get('fps_per_chip', nan):.1f} | {metrics.get('fps_per_card_x4', nan):.1f} |"]
         return lines
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """The EAO curve (interval marked) and per-sequence accuracy / failures, recomputed as `score` does."""
+        from common.plots import eao_figure, vot_sequences_figure
+
+        dataset, trajs, gts, _ = self._load_run(run_dir)
+        scores = evaluate(trajs, gts, dataset=dataset, short_fallback=True)
+        title = f"{self.name} ({dataset})"
+        return [("EAO curve", eao_figure(scores.curve, scores.interval, scores.eao, title=title)),
+                ("per-sequence accuracy and failures", vot_sequences_figure(scores.per_sequence, title=title))]
 
 
 BUNDLE = SiamRPNBundle()

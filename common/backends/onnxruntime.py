@@ -24,14 +24,17 @@ class OrtBackend(Backend):
         super().__init__()
         import onnxruntime as ort
 
-        wanted = PROVIDER_PREFERENCE.get(device)
+        kind, _, index = device.partition(":")  # cuda:1 -> the CUDA provider on device 1 (one per sharded rank)
+        wanted = PROVIDER_PREFERENCE.get(kind) if index == "" or index.isdigit() else None
         if wanted is None:
             raise BackendUnavailable(
                 f"onnxruntime: unknown device {device!r}; choose from {sorted(PROVIDER_PREFERENCE)}")
         available = ort.get_available_providers()
         providers = [p for p in wanted if p in available]
-        if device != "cpu" and providers[:1] != [wanted[0]]:
+        if kind != "cpu" and providers[:1] != [wanted[0]]:
             raise BackendUnavailable(f"onnxruntime {ort.__version__} has no {wanted[0]} here (available: {available})")
+        if index:
+            providers = [(p, {"device_id": int(index)}) if p != "CPUExecutionProvider" else p for p in providers]
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
