@@ -393,24 +393,43 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
               help="Training bundles: also measure the loop with this many processes (torchrun).")
 @click.option("--workers", type=click.IntRange(0), default=1, show_default=True,
               help="Training bundles: DataLoader workers per process.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write bench.json and bench.html (throughput plot beside the published table) here.")
 def bench(bundle: str, backend: str, device: str, batch_sizes: str | None, images: int, warmup: int,
-          iters: int, processes: int, workers: int) -> None:
+          iters: int, processes: int, workers: int, out_dir: Path | None) -> None:
     """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed.
     Training bundles: training pairs/s (pure step, data pipeline alone, end to end on 1 and N processes);
     --batch-sizes is then the per-process batch [2]."""
     if bundle_manifest(bundle).bundle.task == "training":
         from importlib import import_module
 
+        from common.bench import write_bench
+
         bench_mod = import_module(f"bundles.{bundle}.bench")
         default_batch = {"sa_siam": 8}.get(bundle, 2)  # sa_siam: the seed's global batch; siamrpnpp: per process
-        bench_mod.run_training_bench(batch_size=int(batch_sizes or default_batch), steps=iters, processes=processes,
-                                     device=device, workers=workers)
+        printed: list[str] = []
+
+        def echo(line: str) -> None:
+            printed.append(line)
+            click.echo(line)
+
+        batch = int(batch_sizes or default_batch)
+        res = bench_mod.run_training_bench(batch_size=batch, steps=iters, processes=processes, device=device,
+                                           workers=workers, echo=echo)
+        if out_dir is not None:
+            write_bench(out_dir, bundle, {"kind": "training", "device": device, "batch_size": batch, "steps": iters,
+                                          "processes": processes, "workers": workers, "pairs_per_s": res},
+                        bundle_manifest(bundle).throughput, printed)
+            click.echo(f"bench: {out_dir / 'bench.json'}, {out_dir / 'bench.html'}")
         return
     from common.bench import run_bench
 
     sizes = ([int(x) for x in batch_sizes.split(",")] if batch_sizes
              else list(bundle_manifest(bundle).atc.batch_sizes))
-    run_bench(bundle, backend=backend, device=device, batch_sizes=sizes, images=images, warmup=warmup, iters=iters)
+    run_bench(bundle, backend=backend, device=device, batch_sizes=sizes, images=images, warmup=warmup, iters=iters,
+              out_dir=out_dir)
+    if out_dir is not None:
+        click.echo(f"bench: {out_dir / 'bench.json'}, {out_dir / 'bench.html'}")
 
 
 @main.command()
@@ -420,6 +439,16 @@ def doctor(bundle: str | None) -> None:
     from common.doctor import main_doctor
 
     sys.exit(main_doctor(bundle))
+
+
+def _register_commands() -> None:
+    """Commands that live beside their machinery (each module keeps its click command with its logic)."""
+    from common.k8s import k8s_command
+
+    main.add_command(k8s_command)
+
+
+_register_commands()
 
 
 def cli_main() -> None:

@@ -21,15 +21,18 @@ from common.atc import driver_version
 
 ASCEND_ROOT = Path("/usr/local/Ascend")
 SET_ENV = "ascend-toolkit/set_env.sh"  # under ASCEND_ROOT
+# Management device nodes every NPU process needs besides its /dev/davinciN. Under Kubernetes the Ascend device
+# plugin injects these and the chips itself, so common/k8s.py mounts only DRIVER_MOUNTS.
 MANAGEMENT_DEVICES = ("davinci_manager", "devmm_svm", "hisi_hdc")
-# Host paths a container needs read-only (ascend.md 8.2); the driver libraries always come from the host.
-DRIVER_MOUNTS = (
-    "/usr/local/dcmi",
-    "/usr/local/bin/npu-smi",
-    "/usr/local/Ascend/driver/lib64",
-    "/usr/local/Ascend/driver/version.info",
-    "/etc/ascend_install.info",
-)
+# Host paths a container needs read-only (ascend.md 8.2); the driver libraries always come from the host. Named
+# one by one because the checks below, the docker run line and the Kubernetes manifests (common/k8s.py) share them.
+DCMI = "/usr/local/dcmi"
+NPU_SMI = "/usr/local/bin/npu-smi"
+DRIVER_LIB64 = "/usr/local/Ascend/driver/lib64"
+DRIVER_VERSION_INFO = "/usr/local/Ascend/driver/version.info"
+ASCEND_INSTALL_INFO = "/etc/ascend_install.info"
+DRIVER_MOUNTS = (DCMI, NPU_SMI, DRIVER_LIB64, DRIVER_VERSION_INFO, ASCEND_INSTALL_INFO)
+DRIVER_MOUNT_DIRS = frozenset({DCMI, DRIVER_LIB64})  # the rest of DRIVER_MOUNTS are files
 _DAVINCI = re.compile(r"davinci(\d+)")
 
 
@@ -110,7 +113,7 @@ def diagnose(
             "driver libraries",
             lib64.is_dir(),
             str(lib64) if lib64.is_dir() else f"{lib64} not found",
-            "mount the host driver read-only: -v /usr/local/Ascend/driver/lib64:/usr/local/Ascend/driver/lib64:ro",
+            f"mount the host driver read-only: -v {DRIVER_LIB64}:{DRIVER_LIB64}:ro",
         )
     )
     info = driver / "version.info"
@@ -120,7 +123,7 @@ def diagnose(
             "driver version",
             version is not None,
             f"{version} ({info})" if version else f"{info} not found",
-            "-v /usr/local/Ascend/driver/version.info:/usr/local/Ascend/driver/version.info:ro "
+            f"-v {DRIVER_VERSION_INFO}:{DRIVER_VERSION_INFO}:ro "
             "(the container's CANN must be compatible with the host driver)",
         )
     )
@@ -130,7 +133,7 @@ def diagnose(
             "npu-smi",
             smi is not None,
             smi or "not on PATH",
-            "mount it from the host: -v /usr/local/bin/npu-smi:/usr/local/bin/npu-smi:ro "
+            f"mount it from the host: -v {NPU_SMI}:{NPU_SMI}:ro "
             "(some hosts have it in /usr/local/sbin)",
         )
     )
