@@ -126,8 +126,10 @@ def _launch_sharded(spec, args: list[str], out_dir: Path) -> None:
     if rc != 0:
         raise ZooError(f"sharded evaluation failed (torchrun exit {rc}): the failing rank and its error are printed "
                        "above; no result is claimed")
-    if spec.node_rank != 0:
-        click.echo(f"node {spec.node_rank}: shards done; node 0 writes the report")
+    if not report.is_file():
+        # torchrun's c10d rendezvous hands out global ranks in arrival order, not by --node-rank: the node that
+        # got rank 0 writes the report (into its --out; the same path on shared storage).
+        click.echo(f"node {spec.node_rank}: this node's shards are done; the node that ran rank 0 writes the report")
         sys.exit(0)
     verdict = json.loads(report.read_text())["verdict"]
     sys.exit(0 if verdict.endswith("PASS") else 1)
