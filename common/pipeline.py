@@ -97,9 +97,11 @@ def build_oms(bundle: Bundle, onnx_paths: dict[str, Path], om_dir: Path, batch_s
               soc_version: str | None = None) -> Path:
     """ONNX -> OM with ATC for every graph (SoC from `npu-smi` unless given); ATC logs beside the OMs."""
     from common.atc import detect_soc_version, run_atc
+    from common.progress import track
 
     soc = soc_version or detect_soc_version()
-    for name, cmd in atc_commands(bundle, onnx_paths, om_dir, batch_size, soc).items():
+    commands = atc_commands(bundle, onnx_paths, om_dir, batch_size, soc)
+    for name, cmd in track(commands.items(), len(commands), desc=f"{bundle.name} ATC bs{batch_size}", unit="graph"):
         run_atc(cmd, om_path(om_dir, name, batch_size).with_suffix(".atc.log"))
     return om_dir
 
@@ -178,9 +180,12 @@ def _fetch(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: Path) 
 def _convert(bundle: Bundle, weights: Path, out_dir: Path, opts: EvalOptions
              ) -> tuple[dict[str, Graph], dict[str, Path], Path | None]:
     """torch model -> named graphs -> ONNX files in `out_dir/onnx` (and OMs with ATC for ais_bench)."""
+    from common.progress import track
+
     model = bundle.build_model(weights)
     graphs = bundle.graphs(model)
-    onnx_paths = {name: export_onnx(g.module, g.io, out_dir / "onnx" / f"{name}.onnx") for name, g in graphs.items()}
+    onnx_paths = {name: export_onnx(g.module, g.io, out_dir / "onnx" / f"{name}.onnx")
+                  for name, g in track(graphs.items(), len(graphs), desc=f"{bundle.name} export ONNX", unit="graph")}
     om_dir = opts.om_dir
     if opts.backend == "ais_bench" and om_dir is None:
         om_dir = build_oms(bundle, onnx_paths, out_dir / "om", opts.batch_size)

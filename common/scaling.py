@@ -76,7 +76,8 @@ def run_scaling_bench(bundle_name: str, devices: int, *, device: str = "cpu", ba
     echo(f"  {label_many:<32} {agg_many:10.2f} {unit}/s aggregate "
          f"({agg_many / agg_one if agg_one else 0:.2f}x the single process)")
     for r in per_rank:
-        echo(f"    rank {r['rank']}: {r['items']:5d} {unit} in {r['seconds']:8.2f} s = {r['items_per_s']:8.2f} {unit}/s")
+        echo(f"    rank {r['rank']}: {r['items']:5d} {unit} in {r['seconds']:8.2f} s = "
+             f"{r['items_per_s']:8.2f} {unit}/s")
     if cpu:
         echo(f"  {devices} processes share the same {cores} cores: a ratio near 1.0 means process sharding costs "
              "nothing on a CPU; it pays only when each process has its own device.")
