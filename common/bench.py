@@ -6,15 +6,18 @@ measure (the published Ascend numbers are ais_bench NPU compute time, never end-
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.backends.base import Backend
 from common.bundle import load_bundle
+from common.manifest import ThroughputTable
 from common.pipeline import example_feeds, open_backends
 from common.report import device_description
 
@@ -41,8 +44,9 @@ def bench_backend(backend: Backend, feeds: dict[str, np.ndarray], *, warmup: int
 
 
 def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_sizes: Sequence[int], images: int,
-              warmup: int, iters: int, echo=print) -> list[dict[str, float]]:
-    """Pure-inference and end-to-end (demo data through prepare + predict) throughput per batch size."""
+              warmup: int, iters: int, echo=print, out_dir: Path | None = None) -> list[dict[str, float]]:
+    """Pure-inference and end-to-end (demo data through prepare + predict) throughput per batch size; with
+    `out_dir`, also bench.json and bench.html (fps vs batch size beside the published tables) there."""
     from common.export import export_onnx
 
     bundle = load_bundle(bundle_name)
@@ -68,6 +72,8 @@ def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_size
                          "items": stats.items})
     published = bundle.manifest.throughput
     desc = next(iter(backends.values())).describe()
+    printed: list[str] = []
+    echo = _recording(echo, printed)
     echo(f"{bundle_name}: {backend} on {desc.get('gpu') or desc.get('device') or device_description()['cpu']} "
          f"(pure = backend only, e2e = load + pre + infer + post over {rows[0]['items']} synthetic items)")
     header = "| batch | pure fps | median ms | p99 ms | e2e fps | e2e/pure |"
@@ -80,6 +86,55 @@ def run_bench(bundle_name: str, *, backend: str, device: str = "cpu", batch_size
              f"| {r['ratio']:.2f} |{pub}")
     for t in published:
         echo(f"published {t.hardware}: {t.measure} ({t.source})")
-    for k, v in bundle.metric_benchmark().items():
+    metric = bundle.metric_benchmark()
+    for k, v in metric.items():
         echo(f"metric benchmark {k}: {v:.4g}")
+    if out_dir is not None:
+        write_bench(out_dir, bundle_name, {"kind": "inference", "backend": backend, "device": device,
+                                           "backend_description": desc, "images": images, "warmup": warmup,
+                                           "iters": iters, "rows": rows, "metric_benchmark": metric},
+                    published, printed)
     return rows
+
+
+def _recording(echo: Callable[[str], Any], lines: list[str]) -> Callable[[str], None]:
+    """`echo` that also keeps each printed line (bench.html shows the table exactly as printed)."""
+    def both(line: str) -> None:
+        lines.append(line)
+        echo(line)
+
+    return both
+
+
+def write_bench(out_dir: Path, bundle_name: str, result: Mapping[str, Any], published: Sequence[ThroughputTable],
+                printed: Sequence[str]) -> tuple[Path, Path]:
+    """bench.json (the measurement, the published tables and the environment) and bench.html (the printed lines,
+    a plot of throughput against batch size beside the published tables, and those tables) into `out_dir`.
+    `result["rows"]` (inference: run_bench's rows) is plotted against batch size; a training bench's
+    `result["pairs_per_s"]` (name -> pairs/s) as bars."""
+    from common.html_report import esc, write_bench_html
+    from common.plots import bars_figure, bench_figure
+    from common.report import collect_provenance
+
+    bundle = load_bundle(bundle_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"bundle": bundle_name, **result, "published": [t.model_dump(mode="json") for t in published],
+           "provenance": collect_provenance(bundle.manifest.sha256, bundle.manifest.upstream.model_dump())}
+    js = out_dir / "bench.json"
+    js.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if result.get("rows"):
+        fig = bench_figure(result["rows"], published, title=f"{bundle_name}: throughput vs batch size")
+        figures = [("throughput vs batch size (measured here and published)", fig)]
+    else:
+        figures = [("training throughput", bars_figure(result.get("pairs_per_s", {}), ylabel="pairs/s",
+                                                       title=f"{bundle_name}: training throughput"))]
+    tables = []
+    for t in published:
+        rows = "".join(f'<tr><td class="num">{b}</td><td class="num">{v:.1f}</td></tr>'
+                       for b, v in sorted(t.per_batch.items()))
+        tables.append((f"published {t.hardware} ({t.convention}, {t.unit})",
+                       f"<p>{esc(t.measure)}; {esc(t.source)}</p><table class=\"published\"><tr><th>batch</th>"
+                       f"<th>{esc(t.unit)}</th></tr>{rows}</table>"))
+    html_path = write_bench_html(out_dir / "bench.html", title=f"zoo bench {bundle_name}", lines=printed,
+                                 figures=figures, tables=tables)
+    return js, html_path

@@ -445,9 +445,12 @@ def doctor(bundle: str | None) -> None:
 
 def _register_commands() -> None:
     """Commands that live beside their machinery (each module keeps its click command with its logic)."""
+    from common.compare import compare_command
     from common.k8s import k8s_command
+    from common.submission import bench_check_command, check_command, submit_command
 
-    main.add_command(k8s_command)
+    for command in (submit_command, check_command, compare_command, bench_check_command, k8s_command):
+        main.add_command(command)
 
 
 _register_commands()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -74,6 +75,9 @@ class RunReport:
     provenance: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
+    # relative path -> sha256 of every file the run wrote (not the reports, not onnx/ om/): binds the raw
+    # predictions and ground truth to this report, so a file swapped in later is caught by `zoo check`
+    outputs: dict[str, str] = field(default_factory=dict)
 
     def decide(self) -> str:
         """PASS only when there are checks and all pass; demo verdicts are prefixed so nobody mistakes them."""
@@ -92,13 +96,40 @@ def collect_provenance(manifest_sha256: str, upstream: dict[str, str]) -> dict[s
 
 
 def write_report(report: RunReport, run_dir: Path) -> tuple[Path, Path]:
-    """Write report.json and report.md into `run_dir`."""
+    """Write report.json, report.md and report.html into `run_dir`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     js = run_dir / "report.json"
     md = run_dir / "report.md"
+    report.outputs = output_digests(run_dir)
     js.write_text(json.dumps(asdict(report), indent=2, sort_keys=False, default=str) + "\n")
     md.write_text(render_markdown(report))
+    try:  # report.html beside them (common/html_report.py)
+        from common.html_report import write_html
+
+        write_html(report, run_dir)
+    except Exception:  # noqa: BLE001 - JSON/Markdown are the record; this runs in the pipeline's `finally`,
+        # where raising would hide the run's real outcome
+        logging.getLogger("zoo").exception("%s: report.html could not be written", report.bundle)
     return js, md
+
+
+OUTPUTS_EXCLUDED_FILES = ("report.json", "report.md", "report.html")
+OUTPUTS_EXCLUDED_DIRS = ("onnx", "om")  # exported models: large, and their hashes are in `exported_models`
+
+
+def output_digests(run_dir: Path) -> dict[str, str]:
+    """sha256 of every regular file under `run_dir` ('/'-separated relative path -> hex), except the reports and
+    the exported-model folders."""
+    from common.fetch import file_digest
+
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if rel.parts[0] in OUTPUTS_EXCLUDED_DIRS or str(rel) in OUTPUTS_EXCLUDED_FILES:
+            continue
+        if path.is_file() and not path.is_symlink():
+            out[rel.as_posix()] = file_digest(path)
+    return out
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bundles.siamrpn.bundle import SiamRPNBundle
 from common.bundle import Check, DemoAssets
+
+if TYPE_CHECKING:  # matplotlib is imported only when report.html is rendered
+    from matplotlib.figure import Figure
 
 
 class SiamRPNPPBundle(SiamRPNBundle):
@@ -43,6 +46,13 @@ class SiamRPNPPBundle(SiamRPNBundle):
         if plot.is_file():  # the demo's training run, beside the evaluation of its snapshot
             lines += ["", f"![training loss, LR and throughput]({plot.relative_to(run_dir)})"]
         return lines
+
+    def figures(self, run_dir: Path, metrics: Mapping[str, float]) -> list[tuple[str, Figure]]:
+        """The VOT plots, then the demo training's loss / LR / throughput (the runs under run_dir/train, when this
+        evaluation is a demo's)."""
+        from common.plots import training_figures
+
+        return super().figures(run_dir, metrics) + training_figures(run_dir / "train", title=f"{self.name} training")
 
 
 BUNDLE = SiamRPNPPBundle()

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -101,11 +101,14 @@ class ClassResult:
 
 @dataclass(frozen=True)
 class VocResult:
-    """Whole-dataset outcome: per-class AP (fraction, not %), their plain mean, and npos per class."""
+    """Whole-dataset outcome: per-class AP (fraction, not %), their plain mean, npos per class, and each class's
+    full :class:`ClassResult` (recall / precision curves, for precision-recall plots)."""
 
     ap: dict[str, float]
     mean_ap: float
     npos: dict[str, int]
+    # compare=False: the curves are numpy arrays (== on them is elementwise) and follow from ap/npos anyway
+    per_class: dict[str, ClassResult] = field(default_factory=dict, compare=False, repr=False)
 
 
 def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -264,7 +267,8 @@ def evaluate(
 ) -> VocResult:
     """Evaluate every class of ``gts`` (in its order); a class missing from ``dets`` has no detections.
 
-    Returns per-class AP, the plain mean over those classes (fraction, not %), and npos per class.
+    Returns per-class AP, the plain mean over those classes (fraction, not %), npos per class and each class's
+    recall / precision curves (``VocResult.per_class``).
     """
     unknown = sorted(set(dets) - set(gts))
     if unknown:
@@ -278,6 +282,7 @@ def evaluate(
         raise ValueError(f"classes disagree on the number of images: {n_images}")
     ap: dict[str, float] = {}
     npos: dict[str, int] = {}
+    per_class: dict[str, ClassResult] = {}
     for name, gt in gts.items():
         try:
             res = evaluate_class(dets.get(name, ClassDetections.empty()), gt, iou_threshold)
@@ -285,7 +290,8 @@ def evaluate(
             raise ValueError(f"class {name!r}: {e}") from e
         ap[name] = res.ap
         npos[name] = res.npos
-    return VocResult(ap=ap, mean_ap=float(np.mean(list(ap.values()))), npos=npos)
+        per_class[name] = res
+    return VocResult(ap=ap, mean_ap=float(np.mean(list(ap.values()))), npos=npos, per_class=per_class)
 
 
 def _synthetic(

@@ -368,6 +368,12 @@ def _train(task: TrainingTask, cfg: TrainConfig, ctx: D.DistContext) -> TrainRes
         if completed:
             summary["results"] = task.after_training(out, records)
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+        try:  # report.html: the summary and the plots in one self-contained page
+            from common.html_report import write_training_html
+
+            write_training_html(out, summary, records)
+        except Exception:  # noqa: BLE001 - the training and its snapshots are done; a page must not fail them
+            log.exception("%s: report.html could not be written", task.name)
         log.info("%s: %s", task.name, stop_note or f"completed {total} iterations")
     D.barrier(ctx)
     return TrainResult(it, total, completed, snapshots, ctx.world_size)
