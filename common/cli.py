@@ -397,12 +397,33 @@ def convert(bundle: str, weights: Path | None, out_dir: Path, om: bool, soc_vers
               help="Training bundles: DataLoader workers per process.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write bench.json and bench.html (throughput plot beside the published table) here.")
+@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
+              help="N >= 2: end-to-end scaling, 1 process vs N sharded processes (`zoo eval --devices N`), per "
+              "device and in aggregate (training bundles: the loop on N processes).")
 def bench(bundle: str, backend: str, device: str, batch_sizes: str | None, images: int, warmup: int,
-          iters: int, processes: int, workers: int, out_dir: Path | None) -> None:
+          iters: int, processes: int, workers: int, out_dir: Path | None, devices: int) -> None:
     """Print pure-inference vs end-to-end throughput per batch size beside the published table, and metric speed.
     Training bundles: training pairs/s (pure step, data pipeline alone, end to end on 1 and N processes);
-    --batch-sizes is then the per-process batch [2]."""
-    if bundle_manifest(bundle).bundle.task == "training":
+    --batch-sizes is then the per-process batch [2]. --devices N: how end-to-end throughput scales over N
+    processes/devices."""
+    training = bundle_manifest(bundle).bundle.task == "training"
+    if devices > 1 and training:
+        processes = devices
+    elif devices > 1:
+        import json
+
+        from common.scaling import run_scaling_bench
+
+        given = click.get_current_context().get_parameter_source("images") != click.core.ParameterSource.DEFAULT
+        result = run_scaling_bench(bundle, devices, device=device, backend=backend,
+                                   size=images if given else None,  # default: the demo's own dataset
+                                   batch_size=int(batch_sizes.split(",")[0]) if batch_sizes else 1, echo=click.echo)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "scaling.json").write_text(json.dumps(result, indent=1) + "\n")
+            click.echo(f"bench: {out_dir / 'scaling.json'}")
+        return
+    if training:
         from importlib import import_module
 
         from common.bench import write_bench
