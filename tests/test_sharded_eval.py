@@ -201,3 +201,18 @@ def test_epochs_and_devices_together_are_refused() -> None:
     r = CliRunner().invoke(main, ["eval", "siamrpnpp", "--weights", ".", "--data", ".", "--epochs", "1-2",
                                   "--devices", "2"])
     assert r.exit_code != 0 and "one snapshot at a time" in str(r.exception)
+
+
+@pytest.mark.slow
+def test_scaling_bench_prints_per_rank_aggregate_and_the_published_per_chip_tables() -> None:
+    from common.scaling import CARD_NOTE, run_scaling_bench
+
+    lines: list[str] = []
+    result = run_scaling_bench("pamtri", 2, echo=lines.append)
+    text = "\n".join(lines)
+    assert result["devices"] == 2 and [r["rank"] for r in result["sharded"]["ranks"]] == [0, 1]
+    assert sum(r["items"] for r in result["sharded"]["ranks"]) == 80  # the demo's 12 queries + 68 gallery images
+    assert result["single"]["items_per_s"] > 0 and result["sharded"]["items_per_s"] > 0
+    assert "1 process x" in text and "2 processes x" in text and "rank 1:" in text
+    assert "bs1 728.7 (182.2/chip)" in text  # the Ascend310 per_card_x4 table, divided by 4 per chip, not assumed
+    assert CARD_NOTE in text
