@@ -92,30 +92,10 @@ def evaluate_otb(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray
 def plot_otb(results: Mapping[str, np.ndarray], gts: Mapping[str, np.ndarray], png: Path, *, title: str) -> Path:
     """One PNG, two panels: the success plot (overlap threshold vs success rate, AUC in the legend) and the
     precision plot (location error threshold vs precision, precision@20 in the legend); curves are the means over
-    sequences, so the legend values equal evaluate_otb's."""
-    curves = otb_curves(results, gts)
-    success = np.mean([s for s, _ in curves.values()], axis=0)
-    precision = np.mean([p for _, p in curves.values()], axis=0)
-    import matplotlib
+    sequences, so the legend values equal evaluate_otb's. The figure is common.plots.otb_figure (the HTML report's)."""
+    from common.plots import figure_png, otb_figure
 
-    matplotlib.use("Agg")  # headless: runs on servers without a display
-    import matplotlib.pyplot as plt
-
-    fig, (ax_s, ax_p) = plt.subplots(1, 2, figsize=(11, 4.5))
-    ax_s.plot(SUCCESS_THRESHOLDS, success, "-o", ms=3, label=f"AUC {success.mean():.3f}")
-    ax_s.set(xlabel="Overlap threshold", ylabel="Success rate", xlim=(0, 1), ylim=(0, 1.02),
-             title=f"Success plot of OPE ({len(curves)} sequences)")
-    ax_p.plot(PRECISION_THRESHOLDS, precision, "-", label=f"precision@20 {precision[20]:.3f}")
-    ax_p.axvline(20, color="grey", lw=0.8, ls="--")
-    ax_p.set(xlabel="Location error threshold (px)", ylabel="Precision", xlim=(0, PRECISION_THRESHOLDS[-1]),
-             ylim=(0, 1.02), title="Precision plot of OPE")
-    for ax in (ax_s, ax_p):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left" if ax is ax_s else "lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    png.write_bytes(figure_png(otb_figure(results, gts, title=title), dpi=100))
     return png
