@@ -79,8 +79,8 @@ def run_scaling_bench(bundle_name: str, devices: int, *, device: str = "cpu", ba
         echo(f"    rank {r['rank']}: {r['items']:5d} {unit} in {r['seconds']:8.2f} s = "
              f"{r['items_per_s']:8.2f} {unit}/s")
     if cpu:
-        echo(f"  {devices} processes share the same {cores} cores: a ratio near 1.0 means process sharding costs "
-             "nothing on a CPU; it pays only when each process has its own device.")
+        echo(f"  {devices} processes share the same {cores} cores: the ratio is what one process leaves idle "
+             "(GIL-bound pre/post-processing, serial operators); with a device per process it becomes the scaling.")
     else:
         echo(f"  scaling efficiency: {efficiency:.2f} (aggregate / ({devices} x one device))")
     tables = bundle.manifest.throughput
