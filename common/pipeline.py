@@ -3,6 +3,7 @@ report. Each stage writes into the run directory; see shared/DESIGN.md."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -340,29 +341,36 @@ def _work_on_shard(bundle: Bundle, opts: EvalOptions, ctx, report: RunReport | N
 
 
 def _run_rank(bundle: Bundle, opts: EvalOptions, ctx) -> None:
-    """A rank other than 0: work on its shard, send the result to rank 0, clean up; raise if it failed (so
-    torchrun reports this rank too)."""
-    from common.sharding import close_group, gather_to_main, init_group
+    """A rank other than 0: work on its shard, send the result to rank 0, wait for the run's outcome, clean up;
+    raise if this rank or the run failed, so every node's torchrun (and launcher) fails with the run."""
+    from common.sharding import broadcast_from_main, close_group, gather_to_main, init_group
 
     init_group()
     work_dir = opts.out_dir / SHARDS_DIR / f"rank{ctx.rank}-work"
     try:
         work, _ = _work_on_shard(bundle, opts, ctx, None, opts.out_dir, work_dir)
         gather_to_main(work, ctx)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        outcome = broadcast_from_main(None, ctx)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            work_dir.parent.rmdir()  # the shards folder, when this rank was its only user
         close_group()
     if work.error:
         raise ZooError(f"rank {ctx.rank}: {work.error}")
+    if outcome != "ok":
+        raise ZooError(f"rank {ctx.rank}: this rank's shard was sent, but the run failed: {outcome}")
 
 
 def _run_sharded(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: Path, ctx) -> None:
     """Rank 0: its own shard, then gather every rank's predictions, merge them into what one process writes,
     score and verify. Any failed rank fails the run, named, before anything is scored."""
-    from common.sharding import close_group, gather_to_main, init_group, merge_stats, unpack_dir
+    from common.sharding import broadcast_from_main, close_group, gather_to_main, init_group, merge_stats, unpack_dir
 
     init_group()
     shards = run_dir / SHARDS_DIR
+    outcome = "rank 0 stopped before the end"
     try:
         t0 = time.perf_counter()
         work, mine = _work_on_shard(bundle, opts, ctx, report, run_dir, shards / "rank0-work")
@@ -403,9 +411,16 @@ def _run_sharded(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: 
         report.notes.append(f"sharded over {ctx.world_size} processes (torchrun); predictions gathered and merged "
                             "on rank 0 in the 1-process order")
         _score_and_verify(bundle, opts, report, run_dir, graphs, onnx_paths)
+        outcome = "ok"  # a completed run, PASS or FAIL: the verdict is in rank 0's report
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"
+        raise
     finally:
         shutil.rmtree(shards, ignore_errors=True)
-        close_group()
+        try:
+            broadcast_from_main(outcome, ctx)  # every rank learns whether the run completed
+        finally:
+            close_group()
 
 
 def _parity(graphs: dict[str, Graph], onnx_paths: dict[str, Path], torch_device: str) -> Check:

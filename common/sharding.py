@@ -78,6 +78,15 @@ def gather_to_main(obj: Any, ctx: ShardContext) -> list[Any] | None:
     return out
 
 
+def broadcast_from_main(obj: Any, ctx: ShardContext) -> Any:
+    """Rank 0's picklable `obj` on every rank."""
+    import torch.distributed as dist
+
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def close_group() -> None:
     import torch.distributed as dist
 
