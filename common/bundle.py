@@ -155,6 +155,13 @@ class Bundle(ABC):
         """Metric sanity checks that are honest on synthetic data (e.g. ground truth scored as predictions)."""
         return []
 
+    item_label: str = "item"  # what `item_scores` keys name: class, query, sequence
+
+    def item_scores(self, run_dir: Path) -> dict[str, dict[str, float]]:
+        """Per-item values recomputed from the run directory's files, by quantity title (e.g. per-class AP), for
+        `zoo compare` to show where two runs differ. Default: none."""
+        return {}
+
     def metric_benchmark(self) -> dict[str, float]:
         """Speed of this bundle's metric at the published dataset's scale (synthetic data), for `zoo bench`."""
         return {}

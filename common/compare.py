@@ -8,7 +8,7 @@ first, largest |difference| first; identical ones are counted.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,52 +120,6 @@ def _provenance(r: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-# -- per-item values, per bundle ------------------------------------------------------------------------------
-def _refinedet_items(bundle: Any, run_dir: Path) -> dict[str, dict[str, float]]:
-    metrics = bundle.score(run_dir)
-    return {"per-class AP (%)": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("AP/")}}
-
-
-def _vot_items(bundle: Any, run_dir: Path) -> dict[str, dict[str, float]]:
-    from common.tracking.vot import evaluate
-
-    dataset, trajs, gts, _ = bundle._load_run(run_dir)
-    scores = evaluate(trajs, gts, dataset=dataset, short_fallback=True)
-    return {"per-sequence accuracy": {s.name: s.accuracy for s in scores.per_sequence},
-            "per-sequence failures": {s.name: float(s.failures) for s in scores.per_sequence}}
-
-
-def _otb_items(bundle: Any, run_dir: Path) -> dict[str, dict[str, float]]:
-    from common.tracking.otb import evaluate_otb_per_sequence
-
-    gts, results, _ = bundle._load_run(run_dir)
-    per = evaluate_otb_per_sequence(results, gts)
-    return {"per-sequence OTB AUC": {k: v["success"] for k, v in per.items()},
-            "per-sequence precision@20": {k: v["precision"] for k, v in per.items()}}
-
-
-def _pamtri_items(bundle: Any, run_dir: Path) -> dict[str, dict[str, float]]:
-    from bundles.pamtri import data
-    from bundles.pamtri.bundle import FEATURES, GROUND_TRUTH, _load_features, score_features
-
-    gt = data.read_ground_truth(run_dir / GROUND_TRUTH)
-    qf = _load_features(run_dir / FEATURES["query"], len(gt["query_pids"]))
-    gf = _load_features(run_dir / FEATURES["gallery"], len(gt["gallery_pids"]))
-    ap = score_features(gt, qf, gf).ap
-    names = [str(n) for n in gt["query_names"]]
-    # Query names are unique in VeRi; the row index keeps two equal names apart anyway.
-    return {"per-query AP (%)": {f"{i}:{n}": 100.0 * float(v) for i, (n, v) in enumerate(zip(names, ap.tolist(),
-                                                                                           strict=True))}}
-
-
-ITEMS: dict[str, Callable[[Any, Path], dict[str, dict[str, float]]]] = {
-    "refinedet": _refinedet_items, "siamrpn": _vot_items, "siamrpnpp": _vot_items, "sa_siam": _otb_items,
-    "pamtri": _pamtri_items,
-}
-ITEM_LABEL = {"refinedet": "class", "siamrpn": "sequence", "siamrpnpp": "sequence", "sa_siam": "sequence",
-              "pamtri": "query"}
-
-
 def compare_runs(a: Path, b: Path) -> ComparisonResult:
     """Compare two run directories of the same bundle (InputError when the bundles differ)."""
     from common.bundle import load_bundle
@@ -187,10 +141,9 @@ def compare_runs(a: Path, b: Path) -> ComparisonResult:
     metrics = [Diff(k, _num(ma.get(k)), _num(mb.get(k))) for k in [*ma, *(k for k in mb if k not in ma)]]
     result = ComparisonResult(name, a, b, (str(ra.get("verdict")), str(rb.get("verdict"))), differing,
                               len(keys) - len(differing), metrics)
-    if name in ITEMS:
-        bundle = load_bundle(name)
-        ia, ib = ITEMS[name](bundle, a), ITEMS[name](bundle, b)
-        result.items = [ItemTable.build(title, ITEM_LABEL[name], ia[title], ib.get(title, {})) for title in ia]
+    bundle = load_bundle(name)
+    ia, ib = bundle.item_scores(a), bundle.item_scores(b)
+    result.items = [ItemTable.build(title, bundle.item_label, ia[title], ib.get(title, {})) for title in ia]
     return result
 
 

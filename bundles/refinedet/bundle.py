@@ -131,6 +131,12 @@ class RefineDetBundle(Bundle):
         metrics.update({f"AP/{name}": 100.0 * ap for name, ap in result.ap.items()})
         return metrics
 
+    item_label = "class"
+
+    def item_scores(self, run_dir: Path) -> dict[str, dict[str, float]]:
+        metrics = self.score(run_dir)
+        return {"per-class AP (%)": {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("AP/")}}
+
     def export_predictions(self, run_dir: Path) -> None:
         """results/det_test_<class>.txt in upstream's format, written from detections.npz with the same rounding
         the metric applies, so upstream's own evaluator can be run on them."""

@@ -228,6 +228,16 @@ class SASiamBundle(Bundle):
         return {"otb_auc": m["success"], "otb_precision20": m["precision"], "videos": m["videos"],
                 "fps": frames / secs if secs > 0 else float("nan")}
 
+    item_label = "sequence"
+
+    def item_scores(self, run_dir: Path) -> dict[str, dict[str, float]]:
+        from common.tracking.otb import evaluate_otb_per_sequence
+
+        gts, results, _ = self._load_run(run_dir)
+        per = evaluate_otb_per_sequence(results, gts)
+        return {"per-sequence OTB AUC": {k: v["success"] for k, v in per.items()},
+                "per-sequence precision@20": {k: v["precision"] for k, v in per.items()}}
+
     def export_predictions(self, run_dir: Path) -> None:
         from common.tracking.otb import plot_otb
 

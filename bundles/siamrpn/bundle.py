@@ -224,6 +224,14 @@ class SiamRPNBundle(Bundle):
         })
         return metrics
 
+    item_label = "sequence"
+
+    def item_scores(self, run_dir: Path) -> dict[str, dict[str, float]]:
+        dataset, trajs, gts, _ = self._load_run(run_dir)
+        scores = evaluate(trajs, gts, dataset=dataset, short_fallback=True)
+        return {"per-sequence accuracy": {s.name: s.accuracy for s in scores.per_sequence},
+                "per-sequence failures": {s.name: float(s.failures) for s in scores.per_sequence}}
+
     def demo_checks(self, run_dir: Path, metrics: Mapping[str, float]) -> list[Check]:
         """Honest on synthetic data: the protocol's bookkeeping in every result file, the metric on an oracle
         trajectory (the ground truth's own init boxes: no failure, positive accuracy), and finite scores."""
