@@ -18,8 +18,6 @@ import numpy as np
 
 from common.errors import InputError
 
-REL_TOL = 1e-9
-
 
 @dataclass(frozen=True)
 class Diff:
@@ -35,11 +33,11 @@ class Diff:
 
     @property
     def same(self) -> bool:
+        from common.verify import numbers_match  # lazily: common.verify imports torch
+
         if self.a is None or self.b is None:
             return self.a is None and self.b is None
-        if math.isnan(self.a) or math.isnan(self.b):
-            return math.isnan(self.a) and math.isnan(self.b)
-        return math.isclose(self.a, self.b, rel_tol=REL_TOL, abs_tol=REL_TOL)
+        return numbers_match(self.a, self.b)
 
     def magnitude(self) -> float:
         """|B - A| for sorting; an item missing or NaN on one side sorts first."""
@@ -84,21 +82,6 @@ def _num(v: Any) -> float | None:
         return None
 
 
-def _report(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = run_dir / "report.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(run_dir, "no report.json: not a run directory") from None
-    except (OSError, ValueError) as e:
-        raise InputError(path, f"unreadable: {e}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("bundle"), str):
-        raise InputError(path, "not a run report (a JSON object with `bundle`)")
-    return data
-
-
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -124,9 +107,10 @@ def compare_runs(a: Path, b: Path) -> ComparisonResult:
     """Compare two run directories of the same bundle (InputError when the bundles differ)."""
     from common.bundle import load_bundle
     from common.manifest import bundle_names
+    from common.report import read_report
 
     a, b = Path(a), Path(b)
-    ra, rb = _report(a), _report(b)
+    ra, rb = read_report(a), read_report(b)
     if ra["bundle"] != rb["bundle"]:
         raise InputError(b, f"bundle {rb['bundle']!r} differs from {a}'s {ra['bundle']!r}: compare two runs of "
                             "the same bundle")

@@ -226,7 +226,7 @@ def _run_stages(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: P
 
     with _stage(report, "prepare"):
         dataset = bundle.prepare(data_dir, run_dir, limit=opts.limit)
-        report.artifacts["dataset"] = {"path": str(data_dir), "sha256": _ground_truth_digest(run_dir)}
+        report.artifacts["dataset"] = {"path": str(data_dir), "sha256": ground_truth_digest(run_dir)}
 
     with _stage(report, "convert"):
         graphs, onnx_paths, om_dir = _convert(bundle, weights, run_dir, opts)
@@ -396,7 +396,7 @@ def _run_sharded(bundle: Bundle, opts: EvalOptions, report: RunReport, run_dir: 
             report.timings_s[key] = round(max((w.seconds or {}).get(key, 0.0) for w in gathered), 3)
         report.timings_s["ranks_total"] = round(time.perf_counter() - t0, 3)
         report.artifacts["dataset"] = {"path": str(data_dir),
-                                       "sha256": _ground_truth_digest(run_dir)}
+                                       "sha256": ground_truth_digest(run_dir)}
         report.exported_models = _exported_hashes(onnx_paths, om_dir)
         report.backend = {**(work.backend or {}), "world_size": str(ctx.world_size)}
         with _stage(report, "merge"):
@@ -437,7 +437,7 @@ def _parity(graphs: dict[str, Graph], onnx_paths: dict[str, Path], torch_device:
                  " | ".join(f"{c.name}: {c.detail}" for c in checks))
 
 
-def _ground_truth_digest(run_dir: Path) -> str:
+def ground_truth_digest(run_dir: Path) -> str:
     """Fingerprint of the evaluated dataset: sha256 of the ground-truth files `prepare` wrote."""
     h = hashlib.sha256()
     for p in sorted(run_dir.glob("ground_truth*")):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle import Check
+from common.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "opencv-python-headless", "pydantic", "ascend-zoo",
@@ -133,7 +134,18 @@ def output_digests(run_dir: Path) -> dict[str, str]:
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "report.json").read_text())
+    """A run directory's report.json; InputError (naming the file) when it is missing, unreadable or not a run
+    report."""
+    path = run_dir / "report.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(run_dir, "no report.json: not a run directory") from None
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"unreadable: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("bundle"), str):
+        raise InputError(path, "not a run report (a JSON object with `bundle`)")
+    return data
 
 
 def render_markdown(r: RunReport) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -45,7 +44,6 @@ RUNS = "runs"
 MODEL_DIRS = ("onnx", "om")
 REPORT_FILES = ("report.json", "report.md", "report.html")
 VERDICTS = ("PASS", "FAIL", "DEMO-PASS", "DEMO-FAIL", "INCOMPLETE")
-REL_TOL = 1e-9
 MAX_JSON_BYTES = 256 << 20  # report.json / submission.json of a huge run stay far below this
 DEFAULT_MAX_BYTES = 64 << 30  # extraction stops beyond this: a hostile archive must not fill the disk
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -106,6 +104,8 @@ class CheckResult:
 
 # -- small hostile-input helpers ------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
+    """common.fetch.file_digest, imported lazily: common.fetch loads requests, and every `zoo` command imports
+    this module at start-up."""
     from common.fetch import file_digest
 
     return file_digest(path)
@@ -123,11 +123,9 @@ def _number(value: Any) -> float | None:
 
 
 def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return False
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=REL_TOL)
+    from common.verify import numbers_match  # lazily: common.verify imports torch, `zoo` starts without it
+
+    return a is not None and b is not None and numbers_match(a, b)
 
 
 def _read_json_object(path: Path) -> tuple[dict[str, Any] | None, str]:
@@ -645,6 +643,7 @@ def _bench_report(bundle_name: str, run_dir: Path, description: str) -> None:
     import shutil as _shutil
 
     from common.bundle import load_bundle
+    from common.pipeline import ground_truth_digest
     from common.report import DEMO_NOTICE, RunReport, collect_provenance, write_report
 
     b = load_bundle(bundle_name)
@@ -656,10 +655,7 @@ def _bench_report(bundle_name: str, run_dir: Path, description: str) -> None:
                        provenance=collect_provenance(m.sha256, m.upstream.model_dump()))
     report.notes += [DEMO_NOTICE, f"SYNTHETIC PREDICTIONS written directly at full scale ({description}); no network "
                                   "ran: a speed benchmark of `zoo check`, not a result"]
-    h = hashlib.sha256()
-    for p in sorted(run_dir.glob("ground_truth*")):
-        h.update(p.name.encode() + _sha256(p).encode())
-    report.artifacts["dataset"] = {"path": "synthetic", "sha256": h.hexdigest()}
+    report.artifacts["dataset"] = {"path": "synthetic", "sha256": ground_truth_digest(run_dir)}
     report.metrics = b.score(run_dir)
     b.export_predictions(run_dir)
     report.checks = b.demo_checks(run_dir, report.metrics)

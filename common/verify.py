@@ -16,6 +16,15 @@ import numpy as np
 from common.bundle import Check, load_bundle
 from common.manifest import PublishedMetric, PublishedRun
 
+RECOMPUTE_TOL = 1e-9  # recorded vs recomputed metric: the same computation, so equal up to float printing
+
+
+def numbers_match(a: float, b: float) -> bool:
+    """A recorded and a recomputed value agree: within RECOMPUTE_TOL (relative and absolute), NaN only with NaN."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=RECOMPUTE_TOL, abs_tol=RECOMPUTE_TOL)
+
 
 def check_metric(measured: float | None, published: PublishedMetric) -> Check:
     """One PASS / NOT PASSED line for a published metric."""
