@@ -6,6 +6,7 @@ Exit codes: 0 = PASS (or DEMO-PASS); 1 = the run completed and a check did NOT p
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ import click
 
 from common.errors import ZooError
 from common.manifest import bundle_manifest, bundle_names
+from common.training.launch import LaunchSpec
 
 BUNDLE = click.Choice(bundle_names())
 
@@ -61,19 +63,39 @@ def _eval_options(f):  # shared options of `eval` and `demo`
     return f
 
 
-def _launch_options(f):  # sharded evaluation: `eval` and `demo` on N processes / nodes (torchrun)
+def _launch_options(f):
+    """The torchrun options of `train`, `eval` and `demo` (N processes / nodes); the command receives them as one
+    `launch: LaunchSpec` argument."""
+
+    @functools.wraps(f)
+    def with_spec(*args, devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_id: str,
+                  master_port: int | None, **kw):
+        return f(*args, launch=LaunchSpec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port), **kw)
+
     for opt in reversed([
         click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
-                     help="Processes (devices) per node: >1 (or --nnodes >1) shards the evaluation with torchrun; "
-                     "process i uses device i of its host (npu:i / cuda:i; CPU: the cores split)."),
+                     help="Processes (devices) per node: >1 (or --nnodes >1) re-runs this command under torchrun; "
+                     "process i uses device i of its host (npu:i / cuda:i; on a CPU the cores are split)."),
         click.option("--nnodes", type=click.IntRange(1), default=1, show_default=True),
         click.option("--node-rank", type=click.IntRange(0), default=0, show_default=True),
-        click.option("--rdzv-endpoint", help="host:port of the rendezvous, reachable from every node."),
-        click.option("--rdzv-id", default="zoo-eval", show_default=True),
+        click.option("--rdzv-endpoint", help="host:port of the rendezvous, reachable from every node (multi-node)."),
+        click.option("--rdzv-id", default="zoo", show_default=True),
         click.option("--master-port", type=click.IntRange(1, 65535), help="Single node: fixed port [a free one]."),
     ]):
-        f = opt(f)
-    return f
+        with_spec = opt(with_spec)
+    return with_spec
+
+
+def _torchrun(spec: LaunchSpec, args: list[str], failure: str, unclaimed: str) -> None:
+    """Print the plain torchrun line, run it, and fail with `failure` and what is `unclaimed` when any rank failed
+    (each failed rank has printed `error: rank N: ...` above)."""
+    from common.training.launch import launch, printable
+
+    click.echo(f"launching: {printable(spec, args)}", err=True)
+    rc = launch(spec, args)
+    if rc != 0:
+        raise ZooError(f"{failure} (torchrun exit {rc}): the failing rank and its error are printed above; "
+                       f"{unclaimed}")
 
 
 def eval_args(command: str, bundle: str, out_dir: Path, **kw) -> list[str]:
@@ -90,14 +112,13 @@ def eval_args(command: str, bundle: str, out_dir: Path, **kw) -> list[str]:
     return args
 
 
-def _run(bundle: str, demo: bool, out_dir: Path | None, launch: dict | None = None, **kw) -> None:
+def _run(bundle: str, demo: bool, out_dir: Path | None, launch: LaunchSpec, **kw) -> None:
     from common.pipeline import EvalOptions, evaluate
-    from common.training.launch import LaunchSpec, under_torchrun
+    from common.training.launch import under_torchrun
 
     out_dir = out_dir or _default_out(bundle, demo)
-    spec = LaunchSpec(**launch) if launch else LaunchSpec()
-    if not under_torchrun() and (spec.nproc_per_node > 1 or spec.nnodes > 1):
-        _launch_sharded(spec, eval_args("demo" if demo else "eval", bundle, out_dir, **kw), out_dir)
+    if not under_torchrun() and (launch.nproc_per_node > 1 or launch.nnodes > 1):
+        _launch_sharded(launch, eval_args("demo" if demo else "eval", bundle, out_dir, **kw), out_dir)
     opts = EvalOptions(bundle=bundle, out_dir=out_dir, demo=demo, **kw)
     report = evaluate(opts)
     if report is None:  # a rank other than 0: it sent its shard; rank 0 reports
@@ -110,22 +131,16 @@ def _run(bundle: str, demo: bool, out_dir: Path | None, launch: dict | None = No
     sys.exit(0 if under_torchrun() else report.exit_code)
 
 
-def _launch_sharded(spec, args: list[str], out_dir: Path) -> None:
+def _launch_sharded(spec: LaunchSpec, args: list[str], out_dir: Path) -> None:
     """Re-run this evaluation under torchrun; exit with the verdict rank 0 wrote, or fail naming torchrun's
     failure (each failed rank prints `error: rank N: ...`)."""
     import json
-
-    from common.training.launch import launch, printable
 
     if spec.nnodes > 1 and not out_dir.is_absolute():
         click.echo(f"note: --out {out_dir} is relative; rank 0's node writes the run directory", err=True)
     report = out_dir / "report.json"
     report.unlink(missing_ok=True)  # never read a verdict a previous run left here
-    click.echo(f"launching: {printable(spec, args)}", err=True)
-    rc = launch(spec, args)
-    if rc != 0:
-        raise ZooError(f"sharded evaluation failed (torchrun exit {rc}): the failing rank and its error are printed "
-                       "above; no result is claimed")
+    _torchrun(spec, args, "sharded evaluation failed", "no result is claimed")
     if not report.is_file():
         # torchrun's c10d rendezvous hands out global ranks in arrival order, not by --node-rank: the node that
         # got rank 0 writes the report (into its --out; the same path on shared storage).
@@ -135,20 +150,13 @@ def _launch_sharded(spec, args: list[str], out_dir: Path) -> None:
     sys.exit(0 if verdict.endswith("PASS") else 1)
 
 
-def _launch_spec(devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_id: str,
-                 master_port: int | None) -> dict:
-    return {"nproc_per_node": devices, "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint,
-            "rdzv_id": rdzv_id, "master_port": master_port}
-
-
 @main.command()
 @click.argument("bundle", type=BUNDLE)
 @_eval_options
 @_launch_options
-def demo(bundle: str, out_dir: Path | None, devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None,
-         rdzv_id: str, master_port: int | None, **kw) -> None:
+def demo(bundle: str, out_dir: Path | None, launch: LaunchSpec, **kw) -> None:
     """Run the whole pipeline on synthetic data and random weights (says DEMO; claims nothing published)."""
-    _run(bundle, True, out_dir, _launch_spec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port), **kw)
+    _run(bundle, True, out_dir, launch, **kw)
 
 
 @main.command("eval")
@@ -161,19 +169,17 @@ def demo(bundle: str, out_dir: Path | None, devices: int, nnodes: int, node_rank
 @_eval_options
 @_launch_options
 def eval_cmd(bundle: str, data_dir: Path | None, weights: Path | None, epochs: str | None, out_dir: Path | None,
-             devices: int, nnodes: int, node_rank: int, rdzv_endpoint: str | None, rdzv_id: str,
-             master_port: int | None, **kw) -> None:
+             launch: LaunchSpec, **kw) -> None:
     """Evaluate on the real dataset and verify against the published numbers.
 
     With neither --data nor --weights and nothing fetched into the cache, runs the demo instead and says so."""
     from common.bundle import load_bundle
     from common.fetch import default_cache_dir
 
-    launch = _launch_spec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port)
     if epochs is not None:
         from common.pipeline import EvalOptions, evaluate_snapshots, parse_epochs, snapshot_files
 
-        if devices > 1 or nnodes > 1:
+        if launch.nproc_per_node > 1 or launch.nnodes > 1:
             raise ZooError("--epochs evaluates snapshots one after the other on one device; shard one snapshot "
                            "at a time with --weights <checkpoint_eN.pth> --devices N")
 
@@ -236,13 +242,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Training run directory [runs/<b>-train-...].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "npu"]), default="cpu", show_default=True,
               help="Device kind; process i uses device i of its host (torchrun LOCAL_RANK).")
-@click.option("--devices", type=click.IntRange(1), default=1, show_default=True,
-              help="Processes (devices) per node: >1 (or --nnodes >1) re-runs this command under torchrun.")
-@click.option("--nnodes", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--node-rank", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--rdzv-endpoint", help="host:port of the rendezvous, reachable from every node (multi-node).")
-@click.option("--rdzv-id", default="zoo", show_default=True)
-@click.option("--master-port", type=click.IntRange(1, 65535), help="Single node: fixed port [a free one].")
+@_launch_options
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Continue from resume.pth or a snapshot (model, optimizer, LR position, freeze state, RNG, "
                    "sampler position).")
@@ -253,33 +253,27 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--stop-after", type=click.IntRange(0), help="Stop after this many iterations (resume later).")
 @click.option("--checkpoint-every", type=click.IntRange(0), default=0, show_default=True,
               help="Also refresh resume.pth every N iterations (0: at epoch ends and stops only).")
-def train(bundle: str, data_dir: Path | None, out_dir: Path | None, device: str, devices: int, nnodes: int,
-          node_rank: int, rdzv_endpoint: str | None, rdzv_id: str, master_port: int | None, resume: Path | None,
-          sets: tuple[str, ...], workers: int, amp: bool | None, stop_after: int | None,
+def train(bundle: str, data_dir: Path | None, out_dir: Path | None, device: str, launch: LaunchSpec,
+          resume: Path | None, sets: tuple[str, ...], workers: int, amp: bool | None, stop_after: int | None,
           checkpoint_every: int) -> None:
     """Train a training bundle on 1 device or N (torchrun: one process per device; several nodes with
     --nnodes and a rendezvous endpoint). Prints the equivalent plain torchrun line."""
-    from common.training.launch import LaunchSpec, launch, printable, train_args, under_torchrun
+    from common.training.launch import train_args, under_torchrun
 
     overrides = _parse_sets(sets)
     if data_dir is not None:
         overrides["data"] = str(data_dir)
     if out_dir is None:
-        if nnodes > 1:
+        if launch.nnodes > 1:
             raise ZooError("--nnodes > 1 needs --out (the same shared path on every node)")
         out_dir = Path("runs") / f"{bundle}-train-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not under_torchrun() and (devices > 1 or nnodes > 1):
+    if not under_torchrun() and (launch.nproc_per_node > 1 or launch.nnodes > 1):
         args = train_args(bundle, out_dir, overrides, "--checkpoint-every", str(checkpoint_every), device=device,
                           workers=workers)
         args += ["--resume", str(resume)] if resume else []
         args += ["--stop-after", str(stop_after)] if stop_after is not None else []
         args += [] if amp is None else ["--amp" if amp else "--no-amp"]
-        spec = LaunchSpec(devices, nnodes, node_rank, rdzv_endpoint, rdzv_id, master_port)
-        click.echo(f"launching: {printable(spec, args)}", err=True)
-        rc = launch(spec, args)
-        if rc != 0:
-            raise ZooError(f"training failed (torchrun exit {rc}): the failing rank and its error are printed "
-                           "above; nothing after the last snapshot is claimed")
+        _torchrun(launch, args, "training failed", "nothing after the last snapshot is claimed")
         click.echo(f"{bundle}: training done: {out_dir}")
         return
     _train_here(bundle, out_dir, device, overrides, resume, workers, amp, stop_after, checkpoint_every)
