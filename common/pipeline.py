@@ -297,7 +297,7 @@ def _work_on_shard(bundle: Bundle, opts: EvalOptions, ctx, report: RunReport | N
     """One rank's part: fetch, prepare, convert, predict its shard into `work_dir/pred`. Errors are caught and
     sent to rank 0 (so no rank waits forever on a collective); rank 0 gets its own graphs back for the parity
     check. Collectives (the demo's turn-taking) happen on every rank whatever fails."""
-    from common.sharding import rank_device
+    from common.sharding import pack_dir, rank_device
 
     device = rank_device(opts.device, ctx.local_rank)
     (work_dir / "pred").mkdir(parents=True, exist_ok=True)
@@ -330,8 +330,6 @@ def _work_on_shard(bundle: Bundle, opts: EvalOptions, ctx, report: RunReport | N
                                                        work_dir / "pred", device=device)
         work.seconds["infer+post"] = time.perf_counter() - t
         work.items, work.stats = stats.items, asdict(stats)
-        from common.sharding import pack_dir
-
         work.files = pack_dir(work_dir / "pred")
         return work, (data_dir, dataset, graphs, onnx_paths, om_dir)
     except Exception as e:
@@ -350,7 +348,6 @@ def _run_rank(bundle: Bundle, opts: EvalOptions, ctx) -> None:
     try:
         work, _ = _work_on_shard(bundle, opts, ctx, None, opts.out_dir, work_dir)
         gather_to_main(work, ctx)
-        shutil.rmtree(work_dir, ignore_errors=True)
         outcome = broadcast_from_main(None, ctx)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

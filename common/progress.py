@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -76,10 +76,9 @@ class Progress:
         self.close()
 
 
-def track(items: Iterable[T], total: int, *, desc: str, unit: str = "item",
-          postfix: Mapping[str, float] | None = None) -> Iterator[T]:
+def track(items: Iterable[T], total: int, *, desc: str, unit: str = "item") -> Iterator[T]:
     """Iterate `items`, counting one per item."""
     with Progress(total, desc=desc, unit=unit) as bar:
         for item in items:
             yield item
-            bar.update(1, **(postfix or {}))
+            bar.update(1)
